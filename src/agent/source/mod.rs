@@ -1,0 +1,1 @@
+//! The chat.db reader and change detection.

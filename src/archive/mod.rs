@@ -1,0 +1,3 @@
+//! Reading and verifying archives.
+
+pub mod cli;

@@ -1,0 +1,3 @@
+//! The device simulator: writes a realistic chat.db in Apple's schema.
+
+pub mod cli;
