@@ -72,11 +72,15 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::agent::cli::run(args)
         }
         Command::Crd => crate::api::crdgen::print_all(),
-        Command::Device { command: DeviceCommand::Simulate(args) } => {
+        Command::Device {
+            command: DeviceCommand::Simulate(args),
+        } => {
             logging::init(LogFormat::Text);
             crate::device::cli::run(args)
         }
-        Command::Archive { command: ArchiveCommand::Verify(args) } => crate::archive::cli::run(args),
+        Command::Archive {
+            command: ArchiveCommand::Verify(args),
+        } => crate::archive::cli::run(args),
         Command::Inspect { command } => crate::apple::inspect::run(command),
     };
     match result {

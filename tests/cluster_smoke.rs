@@ -59,10 +59,24 @@ async fn deployment_pods_run_on_mac_hosts_and_are_garbage_collected() {
     })
     .await;
     for pod in &running {
-        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("scheduled pod has a node");
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .expect("scheduled pod has a node");
         let node = nodes.get(&node_name).await.unwrap();
-        assert_eq!(node.labels().get("capturefleet.dev/mac-host").map(String::as_str), Some("true"), "pod {} on a non-Mac node", pod.name_any());
-        let ready = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
+        assert_eq!(
+            node.labels().get("capturefleet.dev/mac-host").map(String::as_str),
+            Some("true"),
+            "pod {} on a non-Mac node",
+            pod.name_any()
+        );
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone());
         assert_eq!(ready.as_deref(), Some("True"), "kwok marks ordinary pods Ready");
     }
 
@@ -93,8 +107,15 @@ async fn claims_bind_through_the_external_provisioner() {
     })
     .await;
     let spec = bound.spec.unwrap();
-    assert_eq!(spec.storage_class_name.as_deref(), Some("standard"), "the default StorageClass was applied");
-    assert!(spec.volume_name.is_some_and(|v| v.starts_with("pvc-")), "a PersistentVolume was provisioned");
+    assert_eq!(
+        spec.storage_class_name.as_deref(),
+        Some("standard"),
+        "the default StorageClass was applied"
+    );
+    assert!(
+        spec.volume_name.is_some_and(|v| v.starts_with("pvc-")),
+        "a PersistentVolume was provisioned"
+    );
 }
 
 #[tokio::test]
@@ -123,12 +144,20 @@ async fn the_scheduler_allows_two_macos_vms_per_mac_host() {
     nodes.create(&PostParams::default(), &node).await.unwrap();
     // Node status from a create is dropped by the API server; set it through the subresource.
     nodes
-        .patch_status(&host, &PatchParams::default(), &Patch::Merge(json!({"status": node.status})))
+        .patch_status(
+            &host,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": node.status})),
+        )
         .await
         .unwrap();
     eventually(WAIT, "the dedicated Mac host to be Ready", || async {
         let n = nodes.get(&host).await.ok()?;
-        let ready = n.status?.conditions?.into_iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        let ready = n
+            .status?
+            .conditions?
+            .into_iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
         ready.then_some(())
     })
     .await;
@@ -151,22 +180,36 @@ async fn the_scheduler_allows_two_macos_vms_per_mac_host() {
     let reason = eventually(WAIT, "the third pod to be marked unschedulable", || async {
         let p = pods.get("vm-2").await.ok()?;
         let cond = p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
-        (cond.status == "False").then(|| format!("{}: {}", cond.reason.unwrap_or_default(), cond.message.unwrap_or_default()))
+        (cond.status == "False").then(|| {
+            format!(
+                "{}: {}",
+                cond.reason.unwrap_or_default(),
+                cond.message.unwrap_or_default()
+            )
+        })
     })
     .await;
     assert!(reason.starts_with("Unschedulable"), "unexpected reason {reason}");
-    assert!(reason.contains("capturefleet.dev/macos-vm"), "the scheduler names the exhausted resource: {reason}");
+    assert!(
+        reason.contains("capturefleet.dev/macos-vm"),
+        "the scheduler names the exhausted resource: {reason}"
+    );
     // Still pending a moment later, and never placed on the full host.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let third = pods.get("vm-2").await.unwrap();
-    assert!(third.spec.and_then(|s| s.node_name).is_none(), "a third macOS VM must not be placed on a two-slot host");
+    assert!(
+        third.spec.and_then(|s| s.node_name).is_none(),
+        "a third macOS VM must not be placed on a two-slot host"
+    );
     for i in 0..2 {
         let p = pods.get(&format!("vm-{i}")).await.unwrap();
         assert_eq!(p.spec.and_then(|s| s.node_name).as_deref(), Some(host.as_str()));
     }
 
     // Freeing a slot lets the waiting pod in.
-    pods.delete("vm-0", &DeleteParams::default().grace_period(0)).await.unwrap();
+    pods.delete("vm-0", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
     eventually(WAIT, "the third pod to take the freed slot", || async {
         let p = pods.get("vm-2").await.ok()?;
         (p.spec?.node_name.as_deref() == Some(host.as_str())).then_some(())

@@ -462,16 +462,37 @@ mod tests {
             seq: 0,
             prev_hash: String::new(),
             hash: String::new(),
-            device: DeviceInfo { name: "dev-a".into(), agent_version: "0.1.0".into(), ..Default::default() },
+            device: DeviceInfo {
+                name: "dev-a".into(),
+                agent_version: "0.1.0".into(),
+                ..Default::default()
+            },
             event_time: "2024-01-01T00:00:00Z".into(),
             event_time_apple_ns: 725_846_400_000_000_000,
             captured_at: "2024-01-01T00:00:01Z".into(),
-            clock: ClockInfo { source: "system-realtime".into(), synchronized: None },
-            source: SourceRef { table: "message".into(), rowid: 1, guid: "GUID-1".into(), revision: "0".into(), service: Some("iMessage".into()) },
+            clock: ClockInfo {
+                source: "system-realtime".into(),
+                synchronized: None,
+            },
+            source: SourceRef {
+                table: "message".into(),
+                rowid: 1,
+                guid: "GUID-1".into(),
+                revision: "0".into(),
+                service: Some("iMessage".into()),
+            },
             conversation: None,
-            sender: Some(Sender { handle: Some("+15550100".into()), is_from_me: false }),
+            sender: Some(Sender {
+                handle: Some("+15550100".into()),
+                is_from_me: false,
+            }),
             direction: Some(Direction::Inbound),
-            body: Some(Body { text: "hé \"quoted\"\n".into(), parts: vec![], subject: None, origin: "text".into() }),
+            body: Some(Body {
+                text: "hé \"quoted\"\n".into(),
+                parts: vec![],
+                subject: None,
+                origin: "text".into(),
+            }),
             reply_to: None,
             edit: None,
             unsend: None,
@@ -486,10 +507,19 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_and_omits_absent_sections() {
         let json = sample().to_canonical_json();
-        let keys: Vec<&str> = json.match_indices("\":").map(|(i, _)| &json[json[..i].rfind('"').unwrap() + 1..i]).collect();
-        assert!(keys.starts_with(&["body", "origin", "text", "captured_at", "clock"]), "{keys:?}");
+        let keys: Vec<&str> = json
+            .match_indices("\":")
+            .map(|(i, _)| &json[json[..i].rfind('"').unwrap() + 1..i])
+            .collect();
+        assert!(
+            keys.starts_with(&["body", "origin", "text", "captured_at", "clock"]),
+            "{keys:?}"
+        );
         assert!(!json.contains("reaction"), "absent sections must not appear: {json}");
-        assert!(!json.contains(' ') || json.contains("hé"), "no insignificant whitespace");
+        assert!(
+            !json.contains(' ') || json.contains("hé"),
+            "no insignificant whitespace"
+        );
     }
 
     #[test]
@@ -515,14 +545,20 @@ mod tests {
     fn rejects_other_schema_and_unknown_fields() {
         let mut r = sample();
         r.schema = "capturefleet.dev/record/v0".into();
-        assert!(matches!(ArchiveRecord::from_json(&r.to_canonical_json()), Err(RecordError::Schema(_))));
+        assert!(matches!(
+            ArchiveRecord::from_json(&r.to_canonical_json()),
+            Err(RecordError::Schema(_))
+        ));
         let line = sample().to_canonical_json().replacen('{', "{\"extra\":1,", 1);
         assert!(matches!(ArchiveRecord::from_json(&line), Err(RecordError::Parse(_))));
     }
 
     #[test]
     fn conversation_id_is_stable_and_short() {
-        assert_eq!(conversation_id("iMessage;-;+15550100"), conversation_id("iMessage;-;+15550100"));
+        assert_eq!(
+            conversation_id("iMessage;-;+15550100"),
+            conversation_id("iMessage;-;+15550100")
+        );
         assert_eq!(conversation_id("x").len(), 32);
     }
 }

@@ -49,11 +49,19 @@ pub async fn serve(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_owned(), source })?;
-    let local = listener.local_addr().map_err(|source| ServerError::Bind { addr: addr.to_owned(), source })?;
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
     let app = router(health, registry);
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(error) = result {
             tracing::error!(%error, "HTTP server stopped");
         }
@@ -63,14 +71,21 @@ pub async fn serve(
 }
 
 async fn livez(State(state): State<AppState>) -> impl IntoResponse {
-    if state.health.is_live() { (StatusCode::OK, "ok\n".to_owned()) } else { (StatusCode::SERVICE_UNAVAILABLE, "dead\n".to_owned()) }
+    if state.health.is_live() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "dead\n".to_owned())
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.health.is_ready() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", state.health.reason()))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", state.health.reason()),
+        )
     }
 }
 
@@ -78,7 +93,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
     match encoder.encode(&state.registry.gather(), &mut body) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], body),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            body,
+        ),
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain".to_owned())],

@@ -19,8 +19,13 @@ pub async fn client() -> Client {
         !path.is_empty(),
         "KUBECONFIG is not set: start the test cluster with tests/cluster/up and `source target/cluster/env` (make test does both)"
     );
-    let client = Client::try_default().await.unwrap_or_else(|e| panic!("cannot build a client from {path}: {e}"));
-    client.apiserver_version().await.unwrap_or_else(|e| panic!("the test cluster at {path} does not answer: {e}"));
+    let client = Client::try_default()
+        .await
+        .unwrap_or_else(|e| panic!("cannot build a client from {path}: {e}"));
+    client
+        .apiserver_version()
+        .await
+        .unwrap_or_else(|e| panic!("the test cluster at {path} does not answer: {e}"));
     client
 }
 
@@ -34,8 +39,14 @@ impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
         let name = format!("{prefix}-{:08x}", rand::random::<u32>());
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create test namespace");
-        TestNamespace { name, client: client.clone() }
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
     }
 }
 
@@ -64,7 +75,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
