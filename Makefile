@@ -17,3 +17,4 @@ cluster-down:
 	@tests/cluster/down
 crds:
 	cargo run --quiet -- crd > crds/capturefleet.dev.yaml
+	cargo run --quiet -- crd --reference > docs/crd-reference.md

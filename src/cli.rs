@@ -24,7 +24,11 @@ pub enum Command {
     /// Run the capture agent: read chat.db, spool records, deliver them to the sinks.
     Agent(crate::agent::cli::AgentArgs),
     /// Print the CustomResourceDefinitions as multi-document YAML.
-    Crd,
+    Crd {
+        /// Print a Markdown reference of every field instead.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Device tools.
     Device {
         /// The device tool.
@@ -71,7 +75,11 @@ pub fn run(cli: Cli) -> ExitCode {
             logging::init(LogFormat::from_env());
             crate::agent::cli::run(args)
         }
-        Command::Crd => crate::api::crdgen::print_all(),
+        Command::Crd { reference: false } => crate::api::crdgen::print_all(),
+        Command::Crd { reference: true } => {
+            print!("{}", crate::api::reference::render());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Device {
             command: DeviceCommand::Simulate(args),
         } => {

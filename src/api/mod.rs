@@ -3,5 +3,14 @@
 //! Depends on nothing else of this crate.
 
 pub mod agent;
+pub mod archive_sink;
+pub mod capture_device;
+pub mod common;
 pub mod crdgen;
+pub mod device_pool;
 pub mod record;
+pub mod reference;
+
+pub use archive_sink::{ArchiveSink, ArchiveSinkSpec, ArchiveSinkStatus};
+pub use capture_device::{CaptureDevice, CaptureDeviceSpec, CaptureDeviceStatus, DevicePhase};
+pub use device_pool::{DevicePool, DevicePoolSpec, DevicePoolStatus};
