@@ -6,28 +6,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client};
+use kube::Client;
+use serde::Deserialize;
 use serde_json::Value;
-use support::{TestNamespace, client};
+use support::{TestNamespace, client, install_crds};
 
-const MANAGER: &str = "capturefleet-tests";
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in capturefleet::api::crdgen::all() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd)).await.unwrap();
-        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
-        tokio::time::timeout(Duration::from_secs(30), established)
-            .await
-            .unwrap_or_else(|_| panic!("CRD {name} did not become Established"))
-            .unwrap();
-    }
+async fn apply(client: &Client, namespace: &str, doc: &Value) -> Result<kube::api::DynamicObject, kube::Error> {
+    support::apply_value(client, namespace, doc).await
 }
 
 fn documents(path: &Path) -> Vec<Value> {
@@ -36,27 +22,6 @@ fn documents(path: &Path) -> Vec<Value> {
         .map(|doc| serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap())
         .filter(|v: &Value| !v.is_null())
         .collect()
-}
-
-use serde::Deserialize;
-
-fn api_for(client: &Client, namespace: &str, doc: &Value) -> Api<DynamicObject> {
-    let (group, version) = match doc["apiVersion"].as_str().unwrap().split_once('/') {
-        Some((g, v)) => (g.to_owned(), v.to_owned()),
-        None => (String::new(), doc["apiVersion"].as_str().unwrap().to_owned()),
-    };
-    let kind = doc["kind"].as_str().unwrap();
-    let gvk = GroupVersionKind::gvk(&group, &version, kind);
-    let plural = format!("{}s", kind.to_lowercase());
-    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
-    if kind == "Namespace" { Api::all_with(client.clone(), &resource) } else { Api::namespaced_with(client.clone(), namespace, &resource) }
-}
-
-async fn apply(client: &Client, namespace: &str, doc: &Value) -> Result<DynamicObject, kube::Error> {
-    let mut doc = doc.clone();
-    doc["metadata"]["namespace"] = Value::String(namespace.to_owned());
-    let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-    api_for(client, namespace, &doc).patch(&name, &PatchParams::apply(MANAGER), &Patch::Apply(&doc)).await
 }
 
 fn sorted_files(dir: &str) -> Vec<PathBuf> {
@@ -83,7 +48,9 @@ async fn examples_apply_server_side_and_reapplying_changes_nothing() {
             if doc["kind"] == "Namespace" {
                 continue; // applied into the test namespace instead
             }
-            let first = apply(&client, &ns.name, &doc).await.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let first = apply(&client, &ns.name, &doc)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             let second = apply(&client, &ns.name, &doc).await.unwrap();
             if !doc["apiVersion"].as_str().unwrap().starts_with("capturefleet.dev/") {
                 continue; // e.g. a PVC that the volume controller binds between the two applies
@@ -103,7 +70,10 @@ async fn examples_apply_server_side_and_reapplying_changes_nothing() {
             applied += 1;
         }
     }
-    assert!(applied >= 7, "applied only {applied} capturefleet objects (3 sinks, a pool and 3 devices expected)");
+    assert!(
+        applied >= 7,
+        "applied only {applied} capturefleet objects (3 sinks, a pool and 3 devices expected)"
+    );
 }
 
 #[tokio::test]
@@ -113,7 +83,11 @@ async fn invalid_manifests_are_refused_with_a_helpful_message() {
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "invalid").await;
     let files = sorted_files("tests/fixtures/invalid");
-    assert!(files.len() >= 30, "the corpus must hold at least 30 invalid manifests, found {}", files.len());
+    assert!(
+        files.len() >= 30,
+        "the corpus must hold at least 30 invalid manifests, found {}",
+        files.len()
+    );
     let mut failures = vec![];
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
@@ -123,7 +97,10 @@ async fn invalid_manifests_are_refused_with_a_helpful_message() {
         } else if let Some(e) = header.strip_prefix("# expect: ") {
             (false, e.trim())
         } else {
-            panic!("{}: first line must be `# expect: <fragment>` or `# expect-on-update: <fragment>`", file.display());
+            panic!(
+                "{}: first line must be `# expect: <fragment>` or `# expect-on-update: <fragment>`",
+                file.display()
+            );
         };
         let docs = documents(file);
         // Each fixture gets its own object name so earlier fixtures cannot interfere.
@@ -136,7 +113,12 @@ async fn invalid_manifests_are_refused_with_a_helpful_message() {
             doc
         };
         let target = if on_update {
-            assert_eq!(docs.len(), 2, "{}: an update fixture has the valid object, then the invalid change", file.display());
+            assert_eq!(
+                docs.len(),
+                2,
+                "{}: an update fixture has the valid object, then the invalid change",
+                file.display()
+            );
             apply(&client, &ns.name, &rename(docs[0].clone()))
                 .await
                 .unwrap_or_else(|e| panic!("{}: the first (valid) document was refused: {e}", file.display()));
@@ -163,5 +145,11 @@ async fn invalid_manifests_are_refused_with_a_helpful_message() {
             Err(other) => failures.push(format!("{}: unexpected error {other}", file.display())),
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures misbehaved:\n{}", failures.len(), files.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures misbehaved:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
 }

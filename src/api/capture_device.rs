@@ -64,8 +64,8 @@ pub struct CaptureDeviceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_strategy: Option<RunStrategy>,
 
-    /// When true the operator makes no changes at all to this device or its objects (status
-    /// is still reported). For maintenance by hand.
+    /// When true the operator makes no writes at all for this device — not to its Pod, its
+    /// volume, nor its status — until it is set back to false. For maintenance by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciliation_paused: Option<bool>,
 

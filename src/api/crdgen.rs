@@ -10,7 +10,10 @@ use super::{ArchiveSink, CaptureDevice, DevicePool};
 
 /// Every CRD this operator serves, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    [ArchiveSink::crd(), CaptureDevice::crd(), DevicePool::crd()].into_iter().map(unwrap_descriptions).collect()
+    [ArchiveSink::crd(), CaptureDevice::crd(), DevicePool::crd()]
+        .into_iter()
+        .map(unwrap_descriptions)
+        .collect()
 }
 
 /// Doc comments are wrapped at the source's line width; `kubectl explain` wraps again, so
@@ -41,7 +44,11 @@ fn unwrap_paragraphs(text: &str) -> String {
         let starts_item = line.starts_with("- ") || line.starts_with("* ") || line.starts_with("  ");
         if i > 0 {
             let previous_blank = out.ends_with('\n') || out.is_empty();
-            out.push(if line.is_empty() || previous_blank || starts_item { '\n' } else { ' ' });
+            out.push(if line.is_empty() || previous_blank || starts_item {
+                '\n'
+            } else {
+                ' '
+            });
         }
         out.push_str(line);
     }
@@ -72,7 +79,10 @@ mod tests {
 
     #[test]
     fn descriptions_are_unwrapped_per_paragraph() {
-        assert_eq!(unwrap_paragraphs("one\ntwo\n\nthree\n- item\n- item"), "one two\n\nthree\n- item\n- item");
+        assert_eq!(
+            unwrap_paragraphs("one\ntwo\n\nthree\n- item\n- item"),
+            "one two\n\nthree\n- item\n- item"
+        );
     }
 
     #[test]
@@ -94,7 +104,11 @@ mod tests {
             for version in &crd.spec.versions {
                 let schema = serde_json::to_value(&version.schema.as_ref().unwrap().open_api_v3_schema).unwrap();
                 let spec = serde_json::to_string(&schema["properties"]["spec"]).unwrap();
-                assert!(!spec.contains("\"default\""), "{}: the spec schema declares a default", crd.spec.names.kind);
+                assert!(
+                    !spec.contains("\"default\""),
+                    "{}: the spec schema declares a default",
+                    crd.spec.names.kind
+                );
             }
         }
     }
@@ -106,7 +120,12 @@ mod tests {
                 for (name, sub) in props {
                     let here = format!("{path}.{name}");
                     let top = path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&name.as_str());
-                    if !top && sub.get("description").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+                    if !top
+                        && sub
+                            .get("description")
+                            .and_then(|d| d.as_str())
+                            .is_none_or(str::is_empty)
+                    {
                         missing.push(here.clone());
                     }
                     walk(&here, sub, missing);
@@ -123,6 +142,9 @@ mod tests {
                 walk(&crd.spec.names.kind, &schema, &mut missing);
             }
         }
-        assert!(missing.is_empty(), "fields without a description (they become `kubectl explain`): {missing:#?}");
+        assert!(
+            missing.is_empty(),
+            "fields without a description (they become `kubectl explain`): {missing:#?}"
+        );
     }
 }

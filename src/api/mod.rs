@@ -3,10 +3,14 @@
 //! Depends on nothing else of this crate.
 
 pub mod agent;
+// The `CustomResource` derive repeats `type_` across printer columns, which trips this lint.
+#[allow(clippy::duplicated_attributes)]
 pub mod archive_sink;
+#[allow(clippy::duplicated_attributes)]
 pub mod capture_device;
 pub mod common;
 pub mod crdgen;
+#[allow(clippy::duplicated_attributes)]
 pub mod device_pool;
 pub mod record;
 pub mod reference;

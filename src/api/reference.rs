@@ -22,11 +22,18 @@ pub fn render() -> String {
             names.kind,
             crd.spec.group,
             version.name,
-            names.short_names.as_ref().and_then(|s| s.first()).map(String::as_str).unwrap_or("-"),
+            names
+                .short_names
+                .as_ref()
+                .and_then(|s| s.first())
+                .map(String::as_str)
+                .unwrap_or("-"),
             schema["properties"]["spec"]["description"].as_str().unwrap_or_default()
         ));
         for section in ["spec", "status"] {
-            out.push_str(&format!("\n### `{section}`\n\n| field | type | description |\n|---|---|---|\n"));
+            out.push_str(&format!(
+                "\n### `{section}`\n\n| field | type | description |\n|---|---|---|\n"
+            ));
             rows(&mut out, section, &schema["properties"][section]);
         }
     }
@@ -46,27 +53,58 @@ fn type_of(schema: &Value) -> String {
 }
 
 fn rows(out: &mut String, path: &str, schema: &Value) {
-    let Some(props) = schema.get("properties").and_then(Value::as_object) else { return };
-    let required: Vec<&str> =
-        schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     for (name, sub) in props {
         let here = format!("{path}.{name}");
-        let mut description = sub["description"].as_str().unwrap_or_default().replace('\n', " ").replace('|', "\\|");
+        let mut description = sub["description"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('\n', " ")
+            .replace('|', "\\|");
         if let Some(values) = sub.get("enum").and_then(Value::as_array) {
-            let values: Vec<String> = values.iter().filter_map(Value::as_str).map(|v| format!("`{v}`")).collect();
+            let values: Vec<String> = values
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|v| format!("`{v}`"))
+                .collect();
             description.push_str(&format!(" One of {}.", values.join(", ")));
         }
         if let Some(rules) = sub.get("x-kubernetes-validations").and_then(Value::as_array) {
             for rule in rules {
                 if let Some(message) = rule["message"].as_str() {
-                    description.push_str(&format!(" Rule: {}.", message.trim_end_matches('.').replace('|', "\\|")));
+                    description.push_str(&format!(
+                        " Rule: {}.",
+                        message.trim_end_matches('.').replace('|', "\\|")
+                    ));
                 }
             }
         }
-        let req = if required.contains(&name.as_str()) { " **required**" } else { "" };
-        out.push_str(&format!("| `{here}` | {}{req} | {} |\n", type_of(sub), description.trim()));
+        let req = if required.contains(&name.as_str()) {
+            " **required**"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "| `{here}` | {}{req} | {} |\n",
+            type_of(sub),
+            description.trim()
+        ));
         // Don't descend into Kubernetes' own types (resources, probes, tolerations, conditions).
-        let kubernetes_type = ["resources", "startupProbe", "readinessProbe", "tolerations", "conditions"].contains(&name.as_str());
+        let kubernetes_type = [
+            "resources",
+            "startupProbe",
+            "readinessProbe",
+            "tolerations",
+            "conditions",
+        ]
+        .contains(&name.as_str());
         if !kubernetes_type {
             rows(out, &here, sub);
             if let Some(items) = sub.get("items") {
@@ -82,6 +120,9 @@ mod tests {
     fn docs_reference_matches_the_schemas() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/crd-reference.md");
         let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(committed == super::render(), "docs/crd-reference.md is out of date: run `make crds` and commit it");
+        assert!(
+            committed == super::render(),
+            "docs/crd-reference.md is out of date: run `make crds` and commit it"
+        );
     }
 }

@@ -33,6 +33,14 @@ impl Health {
         self.inner.reason.lock().map(|mut r| r.clear()).ok();
     }
 
+    /// Mark ready, with a note shown by `/readyz` (e.g. a standby replica).
+    pub fn set_ready_with(&self, note: impl Into<String>) {
+        self.inner.ready.store(true, Ordering::SeqCst);
+        if let Ok(mut r) = self.inner.reason.lock() {
+            *r = note.into();
+        }
+    }
+
     /// Mark not ready, with a reason shown by `/readyz`.
     pub fn set_not_ready(&self, reason: impl Into<String>) {
         self.inner.ready.store(false, Ordering::SeqCst);

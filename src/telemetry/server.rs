@@ -80,7 +80,15 @@ async fn livez(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.health.is_ready() {
-        (StatusCode::OK, "ready\n".to_owned())
+        let note = state.health.reason();
+        (
+            StatusCode::OK,
+            if note.is_empty() {
+                "ready\n".to_owned()
+            } else {
+                format!("ready: {note}\n")
+            },
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -11,6 +11,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 
+pub mod operator;
+
 /// A client for the test cluster. Panics with instructions when there is none.
 pub async fn client() -> Client {
     capturefleet::tls::install_crypto_provider();
@@ -32,7 +34,6 @@ pub async fn client() -> Client {
 /// A fresh namespace named `<prefix>-<random>`, deleted when the guard drops.
 pub struct TestNamespace {
     pub name: String,
-    client: Client,
 }
 
 impl TestNamespace {
@@ -43,24 +44,32 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
-        TestNamespace {
-            name,
-            client: client.clone(),
-        }
+        TestNamespace { name }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let api = Api::<Namespace>::all(self.client.clone());
+        // Delete the namespace from a thread with its own runtime, so that it happens even
+        // while the test's runtime is shutting down. Best effort: the cluster is torn down
+        // after the run anyway.
+        // A fresh client: the test's client is bound to the test's runtime, which is blocked
+        // here until the thread ends.
         let name = self.name.clone();
-        // Best effort, without blocking the test's runtime: the cluster is torn down after
-        // the run anyway.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = api.delete(&name, &DeleteParams::background()).await;
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(client) = Client::try_default().await else {
+                    return;
+                };
+                let api = Api::<Namespace>::all(client);
+                let params = DeleteParams::background();
+                let _ = tokio::time::timeout(Duration::from_secs(10), api.delete(&name, &params)).await;
             });
-        }
+        })
+        .join();
     }
 }
 
@@ -81,4 +90,67 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Install (server-side apply) every capturefleet CRD and wait until each is Established.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in capturefleet::api::crdgen::all() {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply("capturefleet-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} did not become Established"))
+            .unwrap();
+    }
+}
+
+/// Server-side apply every document of a YAML text into `namespace`.
+pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) {
+    use serde::Deserialize;
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        apply_value(client, namespace, &value)
+            .await
+            .unwrap_or_else(|e| panic!("apply {}: {e}", value["metadata"]["name"]));
+    }
+}
+
+/// Server-side apply one object (as JSON) into `namespace`.
+pub async fn apply_value(
+    client: &Client,
+    namespace: &str,
+    doc: &serde_json::Value,
+) -> Result<kube::api::DynamicObject, kube::Error> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    let mut doc = doc.clone();
+    let api_version = doc["apiVersion"].as_str().unwrap().to_owned();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    let kind = doc["kind"].as_str().unwrap().to_owned();
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, &kind),
+        &format!("{}s", kind.to_lowercase()),
+    );
+    let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+    let api: Api<DynamicObject> = if kind == "Namespace" {
+        Api::all_with(client.clone(), &resource)
+    } else {
+        doc["metadata"]["namespace"] = serde_json::Value::String(namespace.to_owned());
+        Api::namespaced_with(client.clone(), namespace, &resource)
+    };
+    api.patch(&name, &PatchParams::apply("capturefleet-tests"), &Patch::Apply(&doc))
+        .await
 }

@@ -1,0 +1,177 @@
+//! What every reconcile shares: the client, the caches (read-only views of the watches), the
+//! event recorder, metrics, and the in-flight expectations that keep a stale cache from making
+//! the operator create a second Pod for a device.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use kube::Client;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::labels::{DEVICE, POOL, ROLE, ROLE_ASSIGNED, ROLE_DRAIN, ROLE_SPARE};
+use super::metrics::OperatorMetrics;
+use crate::api::{ArchiveSink, CaptureDevice, DevicePool};
+
+/// Read-only caches of everything the operator watches.
+#[derive(Clone)]
+pub struct Stores {
+    /// CaptureDevices.
+    pub devices: Store<CaptureDevice>,
+    /// DevicePools.
+    pub pools: Store<DevicePool>,
+    /// ArchiveSinks.
+    pub sinks: Store<ArchiveSink>,
+    /// Device Pods (trimmed).
+    pub pods: Store<Pod>,
+    /// Device volume claims (metadata only).
+    pub claims: Store<PartialObjectMeta<PersistentVolumeClaim>>,
+    /// Nodes (metadata only), for sticky-host checks.
+    pub nodes: Store<PartialObjectMeta<Node>>,
+}
+
+impl Stores {
+    /// A pool by namespace and name.
+    pub fn pool(&self, namespace: &str, name: &str) -> Option<Arc<DevicePool>> {
+        self.pools.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// A sink by namespace and name.
+    pub fn sink(&self, namespace: &str, name: &str) -> Option<Arc<ArchiveSink>> {
+        self.sinks.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Every sink in a namespace, by name.
+    pub fn sinks_in(&self, namespace: &str) -> Vec<Arc<ArchiveSink>> {
+        let mut sinks = self.sinks.state_filter(|s| s.namespace().as_deref() == Some(namespace));
+        sinks.sort_by_key(|s| s.name_any());
+        sinks
+    }
+
+    /// A device's Pods with the given role (`assigned` or `drain`).
+    pub fn device_pods(&self, namespace: &str, device: &str, role: &str) -> Vec<Arc<Pod>> {
+        self.pods.state_filter(|p| {
+            p.namespace().as_deref() == Some(namespace)
+                && p.labels().get(DEVICE).map(String::as_str) == Some(device)
+                && p.labels().get(ROLE).map(String::as_str) == Some(role)
+        })
+    }
+
+    /// A device's own Pod (there is at most one; if a bug or a race ever made two, the newest
+    /// is returned and the operator deletes the others).
+    pub fn assigned_pods(&self, namespace: &str, device: &str) -> Vec<Arc<Pod>> {
+        let mut pods = self.device_pods(namespace, device, ROLE_ASSIGNED);
+        pods.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+        pods
+    }
+
+    /// A device's drain Pod.
+    pub fn drain_pod(&self, namespace: &str, device: &str) -> Option<Arc<Pod>> {
+        self.device_pods(namespace, device, ROLE_DRAIN).into_iter().next()
+    }
+
+    /// The pool's warm spares.
+    pub fn spares(&self, namespace: &str, pool: &str) -> Vec<Arc<Pod>> {
+        self.pods.state_filter(|p| {
+            p.namespace().as_deref() == Some(namespace)
+                && p.labels().get(POOL).map(String::as_str) == Some(pool)
+                && p.labels().get(ROLE).map(String::as_str) == Some(ROLE_SPARE)
+        })
+    }
+
+    /// Whether a volume claim exists.
+    pub fn claim_exists(&self, namespace: &str, name: &str) -> bool {
+        self.claims.get(&ObjectRef::new(name).within(namespace)).is_some()
+    }
+
+    /// Whether a node exists.
+    pub fn node_exists(&self, name: &str) -> bool {
+        self.nodes.get(&ObjectRef::new(name)).is_some()
+    }
+
+    /// Devices of a pool.
+    pub fn pool_devices(&self, namespace: &str, pool: &str) -> Vec<Arc<CaptureDevice>> {
+        self.devices
+            .state_filter(|d| d.namespace().as_deref() == Some(namespace) && d.spec.pool_ref.name == pool)
+    }
+}
+
+/// Objects the operator has created or claimed but not yet seen in its cache. While an
+/// expectation is open, the device is treated as having that Pod, so a reconcile that runs
+/// before the watch catches up cannot create another one.
+#[derive(Default)]
+pub struct Expectations {
+    open: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl Expectations {
+    /// How long an expectation is trusted without the watch confirming it.
+    pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Record that `pod` was created or claimed for the device `key` (namespace/name).
+    pub fn expect(&self, key: &str, pod: &str) {
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(key.to_owned(), (pod.to_owned(), Instant::now()));
+        }
+    }
+
+    /// The Pod expected for `key`, if still pending. `seen` says whether the cache now shows it
+    /// (which satisfies the expectation).
+    pub fn pending(&self, key: &str, seen: impl Fn(&str) -> bool) -> Option<String> {
+        let mut open = self.open.lock().ok()?;
+        let (pod, at) = open.get(key).cloned()?;
+        if seen(&pod) || at.elapsed() > Self::TIMEOUT {
+            open.remove(key);
+            return None;
+        }
+        Some(pod)
+    }
+
+    /// Forget the expectation (e.g. the Pod was deleted on purpose).
+    pub fn clear(&self, key: &str) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(key);
+        }
+    }
+}
+
+/// Operator settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Identity used in events and the Lease.
+    pub identity: String,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Caches.
+    pub stores: Stores,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: OperatorMetrics,
+    /// In-flight creations and claims.
+    pub expectations: Expectations,
+    /// Settings.
+    pub settings: Settings,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectation_holds_until_seen() {
+        let e = Expectations::default();
+        e.expect("ns/jane", "cdev-jane");
+        assert_eq!(e.pending("ns/jane", |_| false).as_deref(), Some("cdev-jane"));
+        assert_eq!(e.pending("ns/jane", |p| p == "cdev-jane"), None);
+        assert_eq!(e.pending("ns/jane", |_| false), None, "a satisfied expectation is gone");
+    }
+}
