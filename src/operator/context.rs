@@ -15,6 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::labels::{DEVICE, POOL, ROLE, ROLE_ASSIGNED, ROLE_DRAIN, ROLE_SPARE};
 use super::metrics::OperatorMetrics;
+use crate::api::capture_device::FailureStatus;
 use crate::api::{ArchiveSink, CaptureDevice, DevicePool};
 
 /// Read-only caches of everything the operator watches.
@@ -139,6 +140,39 @@ impl Expectations {
     }
 }
 
+/// Failure bookkeeping written to status but possibly not yet back in the cache: without it a
+/// reconcile that runs on a stale cache would recreate a failed Pod before its backoff, or
+/// reset the failure count.
+#[derive(Default)]
+pub struct FailureMemory {
+    recent: Mutex<HashMap<String, FailureStatus>>,
+}
+
+impl FailureMemory {
+    /// Remember the latest failure state of a device.
+    pub fn record(&self, key: &str, failures: &FailureStatus) {
+        if let Ok(mut m) = self.recent.lock() {
+            m.insert(key.to_owned(), failures.clone());
+        }
+    }
+
+    /// The more recent of what the cache shows and what was recorded.
+    pub fn merge(&self, key: &str, cached: Option<FailureStatus>) -> Option<FailureStatus> {
+        let remembered = self.recent.lock().ok()?.get(key).cloned();
+        match (cached, remembered) {
+            (Some(c), Some(r)) => Some(if r.consecutive > c.consecutive { r } else { c }),
+            (c, r) => c.or(r),
+        }
+    }
+
+    /// Forget (the device is capturing again, or gone).
+    pub fn clear(&self, key: &str) {
+        if let Ok(mut m) = self.recent.lock() {
+            m.remove(key);
+        }
+    }
+}
+
 /// Operator settings from the command line.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -158,6 +192,8 @@ pub struct Context {
     pub metrics: OperatorMetrics,
     /// In-flight creations and claims.
     pub expectations: Expectations,
+    /// Recent failure bookkeeping.
+    pub failures: FailureMemory,
     /// Settings.
     pub settings: Settings,
 }

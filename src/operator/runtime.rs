@@ -158,6 +158,7 @@ async fn lead(
         recorder,
         metrics,
         expectations: Expectations::default(),
+        failures: Default::default(),
         settings: Settings {
             identity: options.identity.clone(),
         },

@@ -111,6 +111,15 @@ pub async fn reconcile(device: Arc<CaptureDevice>, ctx: Arc<Context>) -> Result<
     let (claim, claim_exists) = claim_name(&ctx, &device, &ns);
     let has_finalizer = device.finalizers().iter().any(|f| f == DRAIN_FINALIZER);
     let mut status_device = (*device).clone();
+    let key = format!("{ns}/{name}");
+    if let Some(st) = status_device.status.as_mut() {
+        st.failures = ctx.failures.merge(&key, st.failures.take());
+    } else if let Some(f) = ctx.failures.merge(&key, None) {
+        status_device.status = Some(CaptureDeviceStatus {
+            failures: Some(f),
+            ..Default::default()
+        });
+    }
     let mut drain_view = None;
     let mut waiting_for_capacity = false;
     let mut recheck = None;
@@ -154,7 +163,7 @@ pub async fn reconcile(device: Arc<CaptureDevice>, ctx: Arc<Context>) -> Result<
         {
             let outcome = ensure_pod(
                 &ctx,
-                &device,
+                &status_device,
                 &settings,
                 pool,
                 pool_settings,
@@ -166,6 +175,7 @@ pub async fn reconcile(device: Arc<CaptureDevice>, ctx: Arc<Context>) -> Result<
             .await?;
             waiting_for_capacity = outcome.waiting_for_capacity;
             if let Some(f) = outcome.failures {
+                ctx.failures.record(&key, &f);
                 let mut st = status_device.status.clone().unwrap_or_default();
                 st.failures = Some(f);
                 status_device.status = Some(st);
@@ -200,6 +210,9 @@ pub async fn reconcile(device: Arc<CaptureDevice>, ctx: Arc<Context>) -> Result<
         current_revisions,
         now,
     });
+    if computed.phase == DevicePhase::Capturing {
+        ctx.failures.clear(&key);
+    }
     write_status(&ctx, &devices, &device, &computed.status, computed.phase).await?;
     let next = [recheck, computed.recheck_after]
         .into_iter()
@@ -293,6 +306,10 @@ async fn ensure_pod(
         return Ok(outcome);
     }
 
+    if !pods.is_empty() {
+        // The cache shows the device's Pod: any creation or claim we were waiting for is done.
+        ctx.expectations.clear(&key);
+    }
     let Some(pod) = pods.first() else {
         if let Some(expected) = ctx.expectations.pending(&key, |p| {
             ctx.stores

@@ -99,3 +99,28 @@ pub fn compute(
         agent_revision: Some(revisions.1.clone()),
     }
 }
+
+/// Add the rollout condition (`RolloutHalted`) to a computed status.
+pub fn set_rollout(
+    status: &mut DevicePoolStatus,
+    pool: &DevicePool,
+    decision: &super::rollout::Decision,
+    now: Timestamp,
+) {
+    let previous = pool.status.clone().unwrap_or_default();
+    let desired = match &decision.halted {
+        Some(reason) => Desired::true_("RolloutHalted", "ReplacedDeviceNotReady", reason.clone()),
+        None if decision.outdated > 0 => Desired::false_(
+            "RolloutHalted",
+            "Progressing",
+            format!("{} device(s) still run older images", decision.outdated),
+        ),
+        None => Desired::false_(
+            "RolloutHalted",
+            "UpToDate",
+            "every device runs the pool's current images",
+        ),
+    };
+    let resolved = conditions::resolve(&previous.conditions, vec![desired], pool.metadata.generation, now);
+    status.conditions.extend(resolved);
+}

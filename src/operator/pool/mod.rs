@@ -3,11 +3,14 @@
 //! their own modules.
 
 pub mod counts;
+pub mod pdb;
+pub mod rollout;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -115,7 +118,64 @@ pub async fn reconcile(pool: Arc<DevicePool>, ctx: Arc<Context>) -> Result<Actio
         }
     }
 
-    let status = counts::compute(&pool, &ctx.stores, &revisions, target, Timestamp::now());
+    // Rollout of outdated devices.
+    let views: Vec<rollout::DeviceView> = ctx
+        .stores
+        .pool_devices(&ns, &name)
+        .iter()
+        .map(|d| {
+            let pod = ctx.stores.assigned_pods(&ns, &d.name_any()).into_iter().next();
+            let facts = pod.as_deref().map(pod_facts::read);
+            let status = d.status.as_ref();
+            rollout::DeviceView {
+                name: d.name_any(),
+                phase: status.and_then(|s| s.phase),
+                stopping: d.metadata.deletion_timestamp.is_some()
+                    || d.spec.run_strategy == Some(crate::api::capture_device::RunStrategy::Halted)
+                    || status.and_then(|s| s.phase) == Some(crate::api::DevicePhase::Draining)
+                    || facts.as_ref().is_some_and(|f| f.terminating || f.drain_requested),
+                available: facts
+                    .as_ref()
+                    .is_some_and(|f| f.runtime_ready && f.agent_ready && !f.terminating),
+                pod: facts.as_ref().map(|f| f.name.clone()),
+                runtime_current: facts
+                    .as_ref()
+                    .is_some_and(|f| f.runtime_revision.as_ref() == Some(&revisions.0)),
+                agent_current: facts
+                    .as_ref()
+                    .is_some_and(|f| f.agent_revision.as_ref() == Some(&revisions.1)),
+            }
+        })
+        .collect();
+    let decision = rollout::decide(&pool, &views);
+    for (device, pod) in &decision.replace {
+        let uid = ctx
+            .stores
+            .pods
+            .find(|p| p.name_any() == *pod && p.namespace().as_deref() == Some(ns.as_str()))
+            .and_then(|p| p.uid());
+        tracing::info!(%device, %pod, "rolling update: replacing the device Pod with the pool's new images");
+        apply::delete(&pods_api, pod, uid, None).await?;
+    }
+
+    // PodDisruptionBudget (written only when it differs from what exists).
+    let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+    let desired_pdb = pdb::build(&pool);
+    let existing = pdb_api
+        .get_opt(&pdb::name(&pool))
+        .await
+        .map_err(Error::kube("read PodDisruptionBudget"))?;
+    if existing
+        .as_ref()
+        .and_then(|p| p.spec.as_ref())
+        .map(|s| (&s.max_unavailable, &s.selector))
+        != desired_pdb.spec.as_ref().map(|s| (&s.max_unavailable, &s.selector))
+    {
+        apply::apply(&pdb_api, &desired_pdb).await?;
+    }
+
+    let mut status = counts::compute(&pool, &ctx.stores, &revisions, target, Timestamp::now());
+    counts::set_rollout(&mut status, &pool, &decision, Timestamp::now());
     if pool.status.as_ref() != Some(&status) {
         let api: Api<DevicePool> = Api::namespaced(ctx.client.clone(), &ns);
         apply::apply_status(&api, &name, &status).await?;
