@@ -203,7 +203,10 @@ mod tests {
         assert_eq!(parse_associated_guid("p:2/ABC"), ("ABC".into(), Some(2)));
         assert_eq!(parse_associated_guid("bp:ABC"), ("ABC".into(), None));
         assert_eq!(parse_associated_guid("ABC"), ("ABC".into(), None));
-        assert_eq!(parse_associated_guid(&associated_guid("X-Y", 0)), ("X-Y".into(), Some(0)));
+        assert_eq!(
+            parse_associated_guid(&associated_guid("X-Y", 0)),
+            ("X-Y".into(), Some(0))
+        );
     }
 
     #[test]

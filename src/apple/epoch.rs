@@ -84,14 +84,20 @@ mod tests {
     #[test]
     fn formats_rfc3339_with_nanoseconds() {
         assert_eq!(rfc3339_from_apple_ns(0), "2001-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339_from_apple_ns(690_513_474_272_551_100), "2022-11-19T01:17:54.272551100Z");
+        assert_eq!(
+            rfc3339_from_apple_ns(690_513_474_272_551_100),
+            "2022-11-19T01:17:54.272551100Z"
+        );
         assert_eq!(rfc3339_from_apple_ns(-1), "2000-12-31T23:59:59.999999999Z");
         assert_eq!(rfc3339_from_apple_ns(i64::MAX).len(), 30);
     }
 
     #[test]
     fn float_seconds_truncate() {
-        assert_eq!(ns_from_float_seconds(690_513_474.272_551_1), Some(690_513_474_000_000_000));
+        assert_eq!(
+            ns_from_float_seconds(690_513_474.272_551_1),
+            Some(690_513_474_000_000_000)
+        );
         assert_eq!(ns_from_float_seconds(f64::NAN), None);
         assert_eq!(ns_from_float_seconds(1e300), None);
     }

@@ -114,7 +114,13 @@ pub fn summary_info_json(bytes: &[u8]) -> anyhow::Result<Value> {
             edits.push(e);
         }
     }
-    edits.sort_by_key(|e| (e["at_ns"].as_i64().unwrap_or(i64::MIN), e["part"].as_u64(), e["index"].as_u64()));
+    edits.sort_by_key(|e| {
+        (
+            e["at_ns"].as_i64().unwrap_or(i64::MIN),
+            e["part"].as_u64(),
+            e["index"].as_u64(),
+        )
+    });
     let ranges: serde_json::Map<String, Value> = info
         .original_ranges
         .iter()
@@ -137,7 +143,8 @@ pub fn chat_db_json(path: &Path) -> anyhow::Result<Value> {
     )
     .with_context(|| format!("opening {} read-only", path.display()))?;
     let count = |sql: &str| -> anyhow::Result<i64> {
-        conn.query_row(sql, [], |r| r.get(0)).with_context(|| format!("query failed: {sql}"))
+        conn.query_row(sql, [], |r| r.get(0))
+            .with_context(|| format!("query failed: {sql}"))
     };
     let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     let mut services = serde_json::Map::new();
@@ -250,7 +257,10 @@ mod tests {
         let v = attributed_body_json(&fixture("MultiPart")).unwrap();
         assert_eq!(v["text"], "\u{FFFC}test 1\u{FFFC}test 2 \u{FFFC}test 3");
         assert_eq!(v["parts"].as_array().unwrap().len(), 6);
-        assert_eq!(v["parts"][0]["attachment_guid"], "at_0_F0668F79-20C2-49C9-A87F-1B007ABB0CED");
+        assert_eq!(
+            v["parts"][0]["attachment_guid"],
+            "at_0_F0668F79-20C2-49C9-A87F-1B007ABB0CED"
+        );
     }
 
     #[test]

@@ -126,7 +126,12 @@ fn as_i64(v: &Value) -> Option<i64> {
 
 fn int_list(v: Option<&Value>) -> Vec<u32> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(as_i64).filter_map(|i| u32::try_from(i).ok()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(as_i64)
+                .filter_map(|i| u32::try_from(i).ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -138,7 +143,10 @@ fn revision(part: u32, index: u32, item: &Value) -> Revision {
         Some(other) => as_i64(other).map(|i| i as f64).unwrap_or(f64::NAN),
         None => f64::NAN,
     };
-    let raw = get("t").and_then(Value::as_data).map(<[u8]>::to_vec).unwrap_or_default();
+    let raw = get("t")
+        .and_then(Value::as_data)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
     let body = if raw.is_empty() {
         Err(TypedstreamError::NoText)
     } else {
@@ -272,7 +280,8 @@ mod tests {
             0,
             vec![(700_000_000.5, "orig".into()), (700_000_060.25, "édit 1".into())],
         );
-        b.history.insert(2, vec![(700_000_001.0, "p2".into()), (700_000_090.0, "p2 new".into())]);
+        b.history
+            .insert(2, vec![(700_000_001.0, "p2".into()), (700_000_090.0, "p2 new".into())]);
         b.unsent_parts = vec![1];
         b.original_ranges.insert(0, (0, 4));
         let info = SummaryInfo::decode(&b.encode()).unwrap();

@@ -151,7 +151,10 @@ mod tests {
             resolve(root, "/Users/jane/Library/Messages/Attachments/a.jpg"),
             Path::new("/data/Messages/Attachments/a.jpg")
         );
-        assert_eq!(resolve(root, "Attachments/a.jpg"), Path::new("/data/Messages/Attachments/a.jpg"));
+        assert_eq!(
+            resolve(root, "Attachments/a.jpg"),
+            Path::new("/data/Messages/Attachments/a.jpg")
+        );
     }
 
     #[test]
@@ -168,17 +171,29 @@ mod tests {
             uti: None,
             total_bytes: 99,
         };
-        let c = capture(row("~/Library/Messages/Attachments/x/f.txt"), dir.path(), AttachmentPolicy::Include);
+        let c = capture(
+            row("~/Library/Messages/Attachments/x/f.txt"),
+            dir.path(),
+            AttachmentPolicy::Include,
+        );
         assert_eq!(
             c.info.sha256.as_deref(),
             Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
         assert_eq!(c.info.size, 3);
         assert!(!c.info.missing);
-        let c = capture(row("~/Library/Messages/Attachments/x/none"), dir.path(), AttachmentPolicy::Include);
+        let c = capture(
+            row("~/Library/Messages/Attachments/x/none"),
+            dir.path(),
+            AttachmentPolicy::Include,
+        );
         assert!(c.info.missing && c.info.sha256.is_none() && c.path.is_none());
         assert_eq!(c.info.size, 99);
-        let c = capture(row("~/Library/Messages/Attachments/x/f.txt"), dir.path(), AttachmentPolicy::MetadataOnly);
+        let c = capture(
+            row("~/Library/Messages/Attachments/x/f.txt"),
+            dir.path(),
+            AttachmentPolicy::MetadataOnly,
+        );
         assert!(c.info.missing && c.path.is_none());
     }
 }

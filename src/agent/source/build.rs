@@ -13,38 +13,20 @@ use super::Draft;
 use super::attachment::Captured;
 use super::message::MessageRow;
 use crate::api::record::{
-    ArchiveRecord, Body, BodyPart, ClockInfo, Conversation, DecodeError, DeletionInfo, DeviceInfo, Direction,
-    EditInfo, GroupEvent, RECORD_SCHEMA, ReactionInfo, RecordKind, ReplyRef, Sender, SourceRef, UnsendInfo,
-    idempotency_key,
+    ArchiveRecord, Body, BodyPart, ClockInfo, Conversation, DecodeError, DeletionInfo, DeviceInfo, Direction, EditInfo,
+    GroupEvent, RECORD_SCHEMA, ReactionInfo, RecordKind, ReplyRef, Sender, SourceRef, UnsendInfo, idempotency_key,
 };
 use crate::apple::codes::{self, Tapback};
 use crate::apple::epoch;
 use crate::apple::summary_info::SummaryInfo;
 use crate::apple::typedstream::AttributedBody;
 
-/// The revision of a message, reply, reaction, group event or row-level decode error.
-pub const REV_ORIGINAL: &str = "0";
-/// The revision of a deletion-detected record.
-pub const REV_DELETED: &str = "deleted";
-/// The revision of an attachment record whose file is not on the device.
-pub const REV_MISSING: &str = "missing";
-/// The revision of an attachment record under the `MetadataOnly` policy.
-pub const REV_METADATA: &str = "metadata";
-
-/// The revision of edit `index` (≥ 1) of `part`.
-pub fn rev_edit(part: u32, index: u32) -> String {
-    format!("p{part}e{index}")
-}
-
-/// The revision of an edit without history (pre-Ventura rows): keyed by `date_edited`.
-pub fn rev_edit_without_history(date_edited_ns: i64) -> String {
-    format!("e@{date_edited_ns}")
-}
-
-/// The revision of the unsend of `part`.
-pub fn rev_unsend(part: u32) -> String {
-    format!("p{part}u")
-}
+pub use crate::api::record::revision::{
+    DELETED as REV_DELETED, METADATA as REV_METADATA, MISSING as REV_MISSING, ORIGINAL as REV_ORIGINAL,
+};
+use crate::api::record::revision::{
+    edit as rev_edit, edit_without_history as rev_edit_without_history, unsend as rev_unsend,
+};
 
 /// Everything that is the same for every record of one poll.
 pub struct Stamp<'a> {
@@ -350,7 +332,15 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
         for rev in summary.edits() {
             let at = rev.at_ns.unwrap_or(date_edited_ns);
             let revision = rev_edit(rev.part, rev.index);
-            let mut r = stamp.record(RecordKind::Edit, "message", row.rowid, guid, &revision, at, service.clone());
+            let mut r = stamp.record(
+                RecordKind::Edit,
+                "message",
+                row.rowid,
+                guid,
+                &revision,
+                at,
+                service.clone(),
+            );
             fill(&mut r);
             let original = summary
                 .history
@@ -372,7 +362,10 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
                     &rev.raw,
                 ));
             }
-            out.push(Draft { record: r, files: Vec::new() });
+            out.push(Draft {
+                record: r,
+                files: Vec::new(),
+            });
         }
     }
     let has_history = summary.as_ref().is_some_and(|s| !s.history.is_empty());
@@ -398,7 +391,10 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             text,
             original_text: None,
         });
-        out.push(Draft { record: r, files: Vec::new() });
+        out.push(Draft {
+            record: r,
+            files: Vec::new(),
+        });
     }
     for part in unsent {
         let at = if date_edited_ns != 0 {
@@ -422,7 +418,10 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             part: *part,
             unsent_at: epoch::rfc3339_from_apple_ns(at),
         });
-        out.push(Draft { record: r, files: Vec::new() });
+        out.push(Draft {
+            record: r,
+            files: Vec::new(),
+        });
     }
 
     for captured in ctx.attachments {
@@ -472,10 +471,12 @@ fn row_decode_error(stamp: &Stamp<'_>, row: &MessageRow, date_ns: i64, service: 
         r.decode_errors.push(decode_error(e.column, &e.error, &e.raw));
     }
     if let Some(b) = &row.attributed_body {
-        r.decode_errors.push(decode_error("attributedBody", "row not interpretable", b));
+        r.decode_errors
+            .push(decode_error("attributedBody", "row not interpretable", b));
     }
     if let Some(t) = &row.text {
-        r.decode_errors.push(decode_error("text", "row not interpretable", t.as_bytes()));
+        r.decode_errors
+            .push(decode_error("text", "row not interpretable", t.as_bytes()));
     }
     Draft {
         record: r,

@@ -45,7 +45,10 @@ impl ReaderConfig {
     pub fn local(chat_db: impl Into<PathBuf>, device_name: &str) -> Self {
         let chat_db = chat_db.into();
         ReaderConfig {
-            messages_dir: chat_db.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+            messages_dir: chat_db
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".")),
             chat_db,
             capture: CaptureSettings::default(),
             device: DeviceInfo {

@@ -171,7 +171,10 @@ impl Cols<'_, '_> {
 impl MessageRow {
     /// Reads a row selected with [`COLUMNS`].
     pub fn from_row(row: &Row<'_>) -> Self {
-        let mut c = Cols { row, errors: Vec::new() };
+        let mut c = Cols {
+            row,
+            errors: Vec::new(),
+        };
         let mut m = MessageRow {
             rowid: c.int(0, "ROWID"),
             guid: c.text(1, "guid").filter(|g| !g.is_empty()),

@@ -90,7 +90,10 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     }
     #[cfg(not(unix))]
     {
-        std::fs::metadata(path).ok().and_then(|m| m.modified().ok()).map(|t| (0, t.elapsed().map(|d| d.as_secs()).unwrap_or(0)))
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .map(|t| (0, t.elapsed().map(|d| d.as_secs()).unwrap_or(0)))
     }
 }
 
@@ -195,7 +198,11 @@ impl ChatDbReader {
             None | Some("") => true,
             Some(s) => {
                 let s = codes::canonical_service(s);
-                self.config.capture.services.iter().any(|allowed| codes::canonical_service(allowed) == s)
+                self.config
+                    .capture
+                    .services
+                    .iter()
+                    .any(|allowed| codes::canonical_service(allowed) == s)
             }
         }
     }
@@ -266,7 +273,11 @@ impl ChatDbReader {
             if !rescan
                 && row.date_edited == 0
                 && !row.has_attachments
-                && index.contains_key(&crate::api::record::idempotency_key(&stamp.device.name, guid, build::REV_ORIGINAL))
+                && index.contains_key(&crate::api::record::idempotency_key(
+                    &stamp.device.name,
+                    guid,
+                    build::REV_ORIGINAL,
+                ))
             {
                 continue;
             }

@@ -49,8 +49,13 @@ impl Run {
     /// An attachment's U+FFFC run: the file transfer GUID, then the part.
     pub fn attachment(part: u32, transfer_guid: &str) -> Self {
         let mut run = Run::part(1, part);
-        run.attributes
-            .insert(0, (FILE_TRANSFER_ATTRIBUTE.to_owned(), AttrValue::Str(transfer_guid.to_owned())));
+        run.attributes.insert(
+            0,
+            (
+                FILE_TRANSFER_ATTRIBUTE.to_owned(),
+                AttrValue::Str(transfer_guid.to_owned()),
+            ),
+        );
         run
     }
 
@@ -138,10 +143,7 @@ impl AttributedBody {
             pos16 = pos16.saturating_add(run.len_utf16);
             let end = byte_at(pos16);
             let text = &self.text[start..end.max(start)];
-            let index = run
-                .part_index()
-                .or_else(|| parts.last().map(|p| p.index))
-                .unwrap_or(0);
+            let index = run.part_index().or_else(|| parts.last().map(|p| p.index)).unwrap_or(0);
             match parts.last_mut() {
                 Some(last) if last.index == index => {
                     last.text.push_str(text);

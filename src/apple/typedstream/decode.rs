@@ -196,7 +196,10 @@ impl Reader<'_> {
     }
 
     fn peek(&self) -> Result<u8, DecodeError> {
-        self.bytes.get(self.pos).copied().ok_or(DecodeError::Truncated(self.pos))
+        self.bytes
+            .get(self.pos)
+            .copied()
+            .ok_or(DecodeError::Truncated(self.pos))
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {

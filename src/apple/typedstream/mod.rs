@@ -66,6 +66,8 @@ mod tests;
 /// The directory of the real Apple blobs shipped beside the checkout (tests only).
 #[cfg(test)]
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/apple").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/apple")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()))
 }

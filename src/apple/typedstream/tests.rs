@@ -34,7 +34,10 @@ fn multipart_fixture_decodes_with_attachments() {
     assert_eq!(body.text, "\u{FFFC}test 1\u{FFFC}test 2 \u{FFFC}test 3");
     let parts = body.parts();
     let texts: Vec<&str> = parts.iter().map(|p| p.text.as_str()).collect();
-    assert_eq!(texts, ["\u{FFFC}", "test 1", "\u{FFFC}", "test 2 ", "\u{FFFC}", "test 3"]);
+    assert_eq!(
+        texts,
+        ["\u{FFFC}", "test 1", "\u{FFFC}", "test 2 ", "\u{FFFC}", "test 3"]
+    );
     let indexes: Vec<u32> = parts.iter().map(|p| p.index).collect();
     assert_eq!(indexes, [0, 1, 2, 3, 4, 5]);
     let attachments: Vec<_> = parts.iter().filter_map(|p| p.attachment_guid.as_deref()).collect();
@@ -106,11 +109,7 @@ fn round_trips_multi_part_with_attachments() {
     let guid = "at_0_0A1B2C3D-0000-4000-8000-000000000001";
     let body = AttributedBody {
         text: "\u{FFFC}caption 😀\u{FFFC}".into(),
-        runs: vec![
-            Run::attachment(0, guid),
-            Run::part(10, 1),
-            Run::attachment(2, "at_2_X"),
-        ],
+        runs: vec![Run::attachment(0, guid), Run::part(10, 1), Run::attachment(2, "at_2_X")],
         mutable: true,
     };
     let back = round_trip(&body);
@@ -132,7 +131,11 @@ fn many_runs_need_wide_references() {
         runs.push(Run::part(piece.len(), i));
         text.push_str(&piece);
     }
-    let body = AttributedBody { text, runs, mutable: true };
+    let body = AttributedBody {
+        text,
+        runs,
+        mutable: true,
+    };
     let back = round_trip(&body);
     assert_eq!(back.parts().len(), 400);
     assert_eq!(back.parts()[399].text, "p399 ");
@@ -166,7 +169,21 @@ fn a_stream_without_text_says_so() {
 
 #[test]
 fn integer_encoding_boundaries() {
-    for v in [0i64, 1, -1, -110, -111, 127, 128, -129, 32767, 32768, -32769, i32::MAX as i64, 1 << 40] {
+    for v in [
+        0i64,
+        1,
+        -1,
+        -110,
+        -111,
+        127,
+        128,
+        -129,
+        32767,
+        32768,
+        -32769,
+        i32::MAX as i64,
+        1 << 40,
+    ] {
         let mut w = encode::Writer::new();
         w.shared(b"q");
         w.int(v);
