@@ -298,6 +298,7 @@ impl Simulator {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn note(
         &mut self,
         kind: RecordKind,

@@ -268,15 +268,27 @@ pub fn by_rowids(conn: &Connection, rowids: &[i64]) -> Result<Vec<MessageRow>, S
 }
 
 /// Which of `guids` still exist in `table` (`message` or `attachment`).
+/// With `recently_deleted` (the database has `chat_recoverable_message_join`), a message that
+/// moved to Recently Deleted counts as gone.
 pub fn existing_guids(
     conn: &Connection,
     table: &'static str,
     guids: &[&str],
+    recently_deleted: bool,
 ) -> Result<std::collections::HashSet<String>, SourceError> {
     let mut out = std::collections::HashSet::new();
     for chunk in guids.chunks(500) {
         let placeholders = vec!["?"; chunk.len()].join(",");
-        let sql = format!("SELECT guid FROM {table} WHERE guid IN ({placeholders})");
+        // A message moved to Recently Deleted keeps its row but leaves its chat: deleted.
+        let sql = if table == "message" && recently_deleted {
+            format!(
+                "SELECT guid FROM message m WHERE guid IN ({placeholders}) AND NOT (\
+                 EXISTS (SELECT 1 FROM chat_recoverable_message_join r WHERE r.message_id = m.ROWID) \
+                 AND NOT EXISTS (SELECT 1 FROM chat_message_join j WHERE j.message_id = m.ROWID))"
+            )
+        } else {
+            format!("SELECT guid FROM {table} WHERE guid IN ({placeholders})")
+        };
         let mut stmt = conn.prepare(&sql).map_err(|e| SourceError::Query {
             table,
             reason: e.to_string(),

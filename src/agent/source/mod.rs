@@ -25,10 +25,12 @@ pub mod build;
 pub mod chat;
 pub mod config;
 pub mod handle;
+pub mod memory_index;
 pub mod message;
 pub mod reader;
 
 pub use config::ReaderConfig;
+pub use memory_index::MemoryIndex;
 pub use reader::ChatDbReader;
 
 /// An unsealed record plus the files that must be captured with it.

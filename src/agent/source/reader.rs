@@ -80,6 +80,8 @@ pub struct ChatDbReader {
     last_full_cycle: Option<Instant>,
     /// Raw `date` units of this database: seconds (old) or nanoseconds.
     dates_in_seconds: Option<bool>,
+    /// Whether the database has Recently Deleted (`chat_recoverable_message_join`).
+    has_recently_deleted: bool,
 }
 
 fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
@@ -116,6 +118,7 @@ impl ChatDbReader {
             settled_edits: HashMap::new(),
             last_full_cycle: None,
             dates_in_seconds: None,
+            has_recently_deleted: false,
         };
         reader.connect()?;
         Ok(reader)
@@ -156,6 +159,13 @@ impl ChatDbReader {
         if !is_messages {
             return Err(self.open_error("not a Messages database (no message, chat and handle tables)"));
         }
+        self.has_recently_deleted = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'chat_recoverable_message_join'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.open_error(e))?;
         self.file_id = file_id(path);
         self.data_version = None;
         self.handles.clear();
@@ -173,8 +183,9 @@ impl ChatDbReader {
             self.conn = None;
             // A replaced database may hold other rows under the same ROWIDs: re-read it all
             // (what is archived is recognised by key) and re-check the window.
-            self.cursor = None;
+            self.cursor = Some(0);
             self.phase = Phase::Forward;
+            self.dates_in_seconds = None;
             self.settled_edits.clear();
         }
         if self.conn.is_none() {
@@ -221,7 +232,11 @@ impl ChatDbReader {
         }
         let max: Option<i64> = self
             .conn()
-            .query_row("SELECT MAX(date) FROM message", [], |r| r.get(0))
+            .query_row(
+                "SELECT MAX(date) FROM message WHERE typeof(date) = 'integer'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| SourceError::Query {
                 table: "message",
                 reason: e.to_string(),
@@ -404,10 +419,10 @@ impl ChatDbReader {
             return Ok(());
         }
         let guids: Vec<&str> = live.iter().map(|(g, _)| g.as_str()).collect();
-        let mut present = message::existing_guids(self.conn(), "message", &guids)?;
+        let mut present = message::existing_guids(self.conn(), "message", &guids, self.has_recently_deleted)?;
         let absent: Vec<&str> = guids.iter().copied().filter(|g| !present.contains(*g)).collect();
         if !absent.is_empty() {
-            present.extend(message::existing_guids(self.conn(), "attachment", &absent)?);
+            present.extend(message::existing_guids(self.conn(), "attachment", &absent, false)?);
         }
         let stamp = self.stamp();
         let mut drafts = Vec::new();
