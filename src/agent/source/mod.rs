@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use crate::api::record::ArchiveRecord;
 
 pub mod attachment;
+pub mod bench;
 pub mod build;
 pub mod chat;
 pub mod config;
