@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use super::decode::{self, DecodeError, Decoded, Object, Value};
 use super::{FILE_TRANSFER_ATTRIBUTE, PART_ATTRIBUTE};
 
+/// Objective-C integer type characters an `NSNumber` attribute may carry.
+const INTEGER_TYPES: &[u8] = b"cCsSiIlLqQB";
+
 /// An attribute value as Messages writes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttrValue {
@@ -215,7 +218,14 @@ fn attr_value(decoded: &Decoded, value: &Value) -> Option<AttrValue> {
         let mut objc_type = 'i';
         for v in obj.groups.iter().flatten() {
             match v {
-                Value::CString(Some(t)) if !t.is_empty() => objc_type = t[0] as char,
+                // Keep integer types; anything else (floats, corrupt types) is stored as `q`.
+                Value::CString(Some(t)) if !t.is_empty() => {
+                    objc_type = if INTEGER_TYPES.contains(&t[0]) {
+                        t[0] as char
+                    } else {
+                        'q'
+                    }
+                }
                 Value::Int(n) => return Some(AttrValue::Int { objc_type, value: *n }),
                 Value::Float(f) => {
                     return Some(AttrValue::Int {
