@@ -2,4 +2,6 @@
 //! them to every sink. Never uses a Kubernetes client.
 
 pub mod cli;
+pub mod seal;
 pub mod source;
+pub mod spool;
