@@ -135,6 +135,7 @@ pub struct Spool {
     compacted_through: u64,
     max_rowids: HashMap<String, i64>,
     blob_bytes: u64,
+    record_bytes: u64,
 }
 
 impl Spool {
@@ -189,6 +190,9 @@ impl Spool {
         let blob_bytes: i64 = conn
             .query_row("SELECT COALESCE(SUM(size), 0) FROM blobs", [], |r| r.get(0))
             .map_err(&err)?;
+        let record_bytes: i64 = conn
+            .query_row("SELECT COALESCE(SUM(length(json)), 0) FROM records", [], |r| r.get(0))
+            .map_err(&err)?;
         let blobs = BlobStore::new(dir);
         blobs.remove_temporaries();
         drop(err);
@@ -202,6 +206,7 @@ impl Spool {
             compacted_through: compacted_through as u64,
             max_rowids,
             blob_bytes: blob_bytes as u64,
+            record_bytes: record_bytes as u64,
         })
     }
 
@@ -294,11 +299,19 @@ impl Spool {
         Ok((pages.max(0) * page_size) as u64 + self.blob_bytes)
     }
 
+    /// Bytes waiting for delivery: stored record bodies plus captured attachment files. This
+    /// is what `spool_max_bytes` bounds (the permanent key index, tens of bytes per record
+    /// ever captured, is not compactable and is not counted).
+    pub fn backlog_bytes(&self) -> u64 {
+        self.record_bytes + self.blob_bytes
+    }
+
     /// Seal and durably commit a batch of drafts (see the module docs). Drafts already
     /// chained are dropped. On error nothing of the batch is chained.
-    pub fn append(&mut self, drafts: Vec<Draft>) -> Result<AppendOutcome, SpoolError> {
+    ///
+    /// The drafts are sealed in place; after an error the same slice can be passed again.
+    pub fn append(&mut self, drafts: &mut [Draft]) -> Result<AppendOutcome, SpoolError> {
         let mut outcome = AppendOutcome::default();
-        let mut drafts = drafts;
         // 1. Validate, and capture attachment files first (durable before the commit).
         let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
         let mut blob_rows: Vec<(String, u64, usize)> = Vec::new(); // (sha, size, draft index)
@@ -316,19 +329,21 @@ impl Spool {
             if draft.files.is_empty() || self.contains_key(&draft.record.idempotency_key) {
                 continue;
             }
-            for (sha256, path) in std::mem::take(&mut draft.files) {
-                match self.blobs.put(&sha256, &path) {
+            let mut failed = Vec::new();
+            for (sha256, path) in &draft.files {
+                match self.blobs.put(sha256, path) {
                     Ok((size, dir)) => {
                         dirs_to_sync.extend(dir);
-                        blob_rows.push((sha256, size, index));
+                        blob_rows.push((sha256.clone(), size, index));
                     }
                     Err(BlobError::Spool { path, source }) => return Err(SpoolError::Io { path, source }),
-                    Err(error) => {
-                        // Never drop the record: it says the file could not be captured.
-                        outcome.attachment_failures += 1;
-                        mark_attachment_uncaptured(&mut draft.record, &sha256, &error);
-                    }
+                    Err(error) => failed.push((sha256.clone(), error)),
                 }
+            }
+            for (sha256, error) in failed {
+                // Never drop the record: it says the file could not be captured, and why.
+                outcome.attachment_failures += 1;
+                mark_attachment_uncaptured(&mut draft.record, &sha256, &error);
             }
         }
         dirs_to_sync.sort();
@@ -346,6 +361,7 @@ impl Spool {
         let mut rowids: HashMap<String, i64> = HashMap::new();
         let mut seq_of_draft: Vec<Option<u64>> = vec![None; drafts.len()];
         let mut new_blob_bytes = 0u64;
+        let mut new_record_bytes = 0u64;
         {
             let tx = self.conn.transaction().map_err(&err)?;
             {
@@ -376,6 +392,7 @@ impl Spool {
                     }
                     let json = seal_canonical(record, seq, head.next_prev_hash());
                     insert_record.execute(params![seq as i64, json]).map_err(&err)?;
+                    new_record_bytes += json.len() as u64;
                     if record.source.table == "message" {
                         if record.kind == RecordKind::DeletionDetected {
                             delete_live.execute([&record.source.guid]).map_err(&err)?;
@@ -445,6 +462,7 @@ impl Spool {
         // 3. Only now does the in-memory state (and so the reader's view) move.
         self.head = head;
         self.blob_bytes += new_blob_bytes;
+        self.record_bytes += new_record_bytes;
         for (table, rowid) in rowids {
             let max = self.max_rowids.entry(table).or_insert(0);
             *max = (*max).max(rowid);
@@ -465,6 +483,13 @@ impl Spool {
         }
         let err = db_err(&self.db_path);
         let tx = self.conn.transaction().map_err(&err)?;
+        let freed: i64 = tx
+            .query_row(
+                "SELECT COALESCE(SUM(length(json)), 0) FROM records WHERE seq > ?1 AND seq <= ?2",
+                params![self.compacted_through as i64, upto as i64],
+                |r| r.get(0),
+            )
+            .map_err(&err)?;
         let deleted = tx
             .execute(
                 "DELETE FROM records WHERE seq > ?1 AND seq <= ?2",
@@ -484,6 +509,7 @@ impl Spool {
             .map_err(&err)?;
         tx.commit().map_err(&err)?;
         self.compacted_through = upto;
+        self.record_bytes = self.record_bytes.saturating_sub(freed as u64);
         for (sha256, size) in gone {
             self.blob_bytes = self.blob_bytes.saturating_sub(size as u64);
             if let Err(source) = self.blobs.remove(&sha256) {
