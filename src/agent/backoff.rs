@@ -67,7 +67,10 @@ mod tests {
         let delays: Vec<Duration> = (0..1000).map(|_| b.delay_with(4, &mut rng)).collect();
         let ceiling = b.ceiling(4);
         assert!(delays.iter().all(|d| *d <= ceiling));
-        assert!(delays.iter().any(|d| *d < ceiling / 10), "full jitter reaches near zero");
+        assert!(
+            delays.iter().any(|d| *d < ceiling / 10),
+            "full jitter reaches near zero"
+        );
         assert!(delays.iter().any(|d| *d > ceiling * 9 / 10), "and near the ceiling");
     }
 }

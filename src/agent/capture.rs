@@ -172,7 +172,9 @@ impl CaptureLoop {
                 Ok(outcome) => {
                     commit_failures = 0;
                     self.metrics.duplicates.inc_by(outcome.duplicates as u64);
-                    self.metrics.attachment_failures.inc_by(outcome.attachment_failures as u64);
+                    self.metrics
+                        .attachment_failures
+                        .inc_by(outcome.attachment_failures as u64);
                     for appended in &outcome.appended {
                         self.metrics.captured.with_label_values(&[appended.kind.as_str()]).inc();
                         self.metrics.decode_errors.inc_by(appended.decode_errors as u64);

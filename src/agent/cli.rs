@@ -65,7 +65,11 @@ pub fn parse_sink_flag(flag: &str, index: usize) -> anyhow::Result<SinkConfig> {
     };
     anyhow::ensure!(!dir.is_empty(), "--sink file: needs a directory");
     Ok(SinkConfig {
-        name: if index == 0 { "filesystem".into() } else { format!("filesystem-{}", index + 1) },
+        name: if index == 0 {
+            "filesystem".into()
+        } else {
+            format!("filesystem-{}", index + 1)
+        },
         target: SinkTarget::Filesystem(FilesystemTarget {
             path: PathBuf::from(dir),
             segment_max_records: 100_000,
@@ -221,4 +225,3 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
-

@@ -107,7 +107,10 @@ impl SinkDelivery {
         let mut failures = 0u32;
         loop {
             let head = self.head.borrow_and_update().seq;
-            self.metrics.pending.with_label_values(&[&name]).set(head.saturating_sub(cursor) as i64);
+            self.metrics
+                .pending
+                .with_label_values(&[&name])
+                .set(head.saturating_sub(cursor) as i64);
             if cursor >= head {
                 if self.drain.is_cancelled() {
                     return cursor;
@@ -132,7 +135,8 @@ impl SinkDelivery {
                 }
                 Err(error) => {
                     tracing::error!(sink = %name, %error, "cannot read the spool for delivery");
-                    self.health.set_unhealthy("spool unreadable", matches!(error, SpoolError::Missing { .. }));
+                    self.health
+                        .set_unhealthy("spool unreadable", matches!(error, SpoolError::Missing { .. }));
                     if self.sleep(self.settings.backoff.delay(failures)).await {
                         return cursor;
                     }
@@ -199,7 +203,10 @@ impl SinkDelivery {
                     return;
                 }
                 Err(error) => {
-                    self.metrics.delivery_errors.with_label_values(&[name, error.class()]).inc();
+                    self.metrics
+                        .delivery_errors
+                        .with_label_values(&[name, error.class()])
+                        .inc();
                     let delay = self.settings.backoff.delay(attempt);
                     attempt = attempt.saturating_add(1);
                     self.report_failure(name, &error, attempt.max(self.settings.unhealthy_after), delay, 0);
@@ -248,8 +255,14 @@ impl SinkDelivery {
     }
 
     fn observe_ack(&self, name: &str, batch: &[SpooledRecord]) {
-        self.metrics.delivered.with_label_values(&[name]).inc_by(batch.len() as u64);
-        self.metrics.cursor.with_label_values(&[name]).set(batch.last().map_or(0, |r| r.seq) as i64);
+        self.metrics
+            .delivered
+            .with_label_values(&[name])
+            .inc_by(batch.len() as u64);
+        self.metrics
+            .cursor
+            .with_label_values(&[name])
+            .set(batch.last().map_or(0, |r| r.seq) as i64);
         let now = apple_now_ns();
         let histogram = self.metrics.commit_to_ack.with_label_values(&[name]);
         for record in batch {

@@ -70,7 +70,10 @@ mod tests {
             hash: "ab".repeat(32),
         };
         let r = receipt(&head, &BTreeMap::from([("a".into(), 10), ("b".into(), 7)]));
-        assert_eq!((r.records_captured, r.last_sequence, r.pending_total, r.complete), (10, 10, 3, false));
+        assert_eq!(
+            (r.records_captured, r.last_sequence, r.pending_total, r.complete),
+            (10, 10, 3, false)
+        );
         assert_eq!(r.pending["b"], 3);
         let done = receipt(&head, &BTreeMap::from([("a".into(), 10)]));
         assert!(done.complete);
@@ -79,12 +82,20 @@ mod tests {
 
     #[test]
     fn receipt_stays_under_the_termination_message_limit() {
-        let head = ChainHead { seq: 5, hash: "c".repeat(64) };
-        let cursors: BTreeMap<String, u64> = (0..100).map(|i| (format!("{i:03}-{}", "s".repeat(60)), i % 5)).collect();
+        let head = ChainHead {
+            seq: 5,
+            hash: "c".repeat(64),
+        };
+        let cursors: BTreeMap<String, u64> = (0..100)
+            .map(|i| (format!("{i:03}-{}", "s".repeat(60)), i % 5))
+            .collect();
         let json = to_bounded_json(&receipt(&head, &cursors));
         assert!(json.len() <= MAX_RECEIPT_BYTES, "{}", json.len());
         let parsed = DrainReceipt::parse(&json).unwrap();
         assert_eq!(parsed.pending_total, (0..100).map(|i| 5 - i % 5).sum::<u64>());
-        assert!(parsed.pending.values().all(|p| *p > 0), "the sinks with most pending are kept");
+        assert!(
+            parsed.pending.values().all(|p| *p > 0),
+            "the sinks with most pending are kept"
+        );
     }
 }

@@ -134,7 +134,10 @@ impl AgentMetrics {
                 "Now minus the event time of the last captured record",
             )?,
             commit_to_ack,
-            spool_bytes: int_gauge("capture_spool_bytes", "Disk used by the spool (database pages and attachment files)")?,
+            spool_bytes: int_gauge(
+                "capture_spool_bytes",
+                "Disk used by the spool (database pages and attachment files)",
+            )?,
             spool_backlog_bytes: int_gauge(
                 "capture_spool_backlog_bytes",
                 "Record bodies and attachment files in the spool awaiting delivery (bounded by spool_max_bytes)",

@@ -209,12 +209,18 @@ pub async fn run(
         abort.cancel();
     }
     let timeout = Duration::from_secs(config.drain_timeout_seconds);
-    let all = futures::future::join_all(deliveries.iter_mut());
-    let drained = tokio::time::timeout(timeout, all).await.is_ok();
+    let mut all = Box::pin(futures::future::join_all(deliveries));
+    let drained = tokio::select! {
+        _ = &mut all => true,
+        _ = tokio::time::sleep(timeout) => false,
+    };
     if !drained {
-        tracing::warn!(timeout_s = timeout.as_secs(), "drain timeout reached with records pending");
+        tracing::warn!(
+            timeout_s = timeout.as_secs(),
+            "drain timeout reached with records pending"
+        );
         abort.cancel();
-        futures::future::join_all(deliveries).await;
+        all.await;
     } else {
         for sink in &sinks {
             if let Err(error) = tokio::time::timeout(Duration::from_secs(30), sink.flush())
@@ -239,7 +245,9 @@ pub async fn run(
         write_receipt(path, &json)?;
     }
     tracing::info!(
-        records = receipt.records_captured, pending = receipt.pending_total, complete = receipt.complete,
+        records = receipt.records_captured,
+        pending = receipt.pending_total,
+        complete = receipt.complete,
         "drain receipt written"
     );
     if let Some(task) = server_task {
@@ -298,10 +306,16 @@ fn watch_source(paths: &[PathBuf], wake: mpsc::Sender<Wake>) -> Option<notify::R
     if paths.is_empty() {
         return None;
     }
-    let names: Vec<std::ffi::OsString> = paths.iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
+    let names: Vec<std::ffi::OsString> = paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+        .collect();
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && event.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|w| w == n)))
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.iter().any(|w| w == n)))
         {
             let _ = wake.send(Wake::SourceChanged);
         }
@@ -317,10 +331,17 @@ fn watch_source(paths: &[PathBuf], wake: mpsc::Sender<Wake>) -> Option<notify::R
     dirs.sort();
     dirs.dedup();
     for dir in dirs {
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         if let Err(error) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
             tracing::warn!(%error, dir = %dir.display(), "cannot watch; polling only");
         }
     }
     Some(watcher)
 }
+
+#[cfg(test)]
+mod tests;
