@@ -170,6 +170,24 @@ async fn until_idle_delivers_everything_to_every_sink_exactly_once_across_restar
         assert!(keys.values().all(|&n| n == 1), "every event exactly once");
         assert_eq!(report.heads[DEVICE].hash, again.receipt.chain_head);
     }
+    // Every emitted record validates against the published JSON Schema.
+    let schema: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/record.schema.json"
+    )))
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for entry in std::fs::read_dir(tmp.path().join("archive").join(DEVICE))
+        .unwrap()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().ends_with(".jsonl") {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert!(validator.is_valid(&value), "{line}");
+            }
+        }
+    }
 }
 
 /// Test double of a sink that is down: every delivery fails with the given class.
