@@ -47,12 +47,18 @@ pub fn run(command: InspectCommand) -> anyhow::Result<ExitCode> {
         InspectCommand::SummaryInfo { file, json } => (summary_info_json(&read(&file)?)?, json),
         InspectCommand::ChatDb { path, json } => (chat_db_json(&path)?, json),
     };
+    let mut text = String::new();
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        text = serde_json::to_string_pretty(&value)?;
+        text.push('\n');
     } else {
-        print_text(&value, 0);
+        render_text(&value, 0, &mut text);
     }
-    Ok(ExitCode::SUCCESS)
+    // A closed pipe (`| head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -211,17 +217,24 @@ pub fn chat_db_json(path: &Path) -> anyhow::Result<Value> {
     }))
 }
 
-fn print_text(value: &Value, indent: usize) {
+fn render_text(value: &Value, indent: usize, out: &mut String) {
+    use std::fmt::Write;
     let pad = " ".repeat(indent);
     match value {
         Value::Object(map) => {
             for (k, v) in map {
                 match v {
-                    Value::Object(_) | Value::Array(_) => {
-                        println!("{pad}{k}:");
-                        print_text(v, indent + 2);
+                    Value::Object(m) if !m.is_empty() => {
+                        let _ = writeln!(out, "{pad}{k}:");
+                        render_text(v, indent + 2, out);
                     }
-                    _ => println!("{pad}{k}: {}", scalar(v)),
+                    Value::Array(a) if !a.is_empty() => {
+                        let _ = writeln!(out, "{pad}{k}:");
+                        render_text(v, indent + 2, out);
+                    }
+                    _ => {
+                        let _ = writeln!(out, "{pad}{k}: {}", scalar(v));
+                    }
                 }
             }
         }
@@ -229,14 +242,18 @@ fn print_text(value: &Value, indent: usize) {
             for item in items {
                 match item {
                     Value::Object(_) | Value::Array(_) => {
-                        println!("{pad}-");
-                        print_text(item, indent + 2);
+                        let _ = writeln!(out, "{pad}-");
+                        render_text(item, indent + 2, out);
                     }
-                    _ => println!("{pad}- {}", scalar(item)),
+                    _ => {
+                        let _ = writeln!(out, "{pad}- {}", scalar(item));
+                    }
                 }
             }
         }
-        other => println!("{pad}{}", scalar(other)),
+        other => {
+            let _ = writeln!(out, "{pad}{}", scalar(other));
+        }
     }
 }
 
