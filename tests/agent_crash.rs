@@ -118,7 +118,11 @@ fn crash_and_recover(seed: u64, tear: impl Fn(&Setup, &mut StdRng)) {
     assert!(receipt.complete, "{receipt:?}");
 
     let manifest = sim.manifest();
-    assert!(manifest.events.len() >= STREAM_MESSAGES, "{} events", manifest.events.len());
+    assert!(
+        manifest.events.len() >= STREAM_MESSAGES,
+        "{} events",
+        manifest.events.len()
+    );
     let records = assert_archive_matches_manifest(&setup.archive(), DEVICE, manifest);
     assert_eq!(records as u64, receipt.records_captured);
     let (verified, summary) = verify_archive(&setup.archive());
@@ -177,7 +181,9 @@ fn tear_wal_tail(wal: &Path, rng: &mut StdRng) {
 
 /// A partial record line at the end of the newest segment (a write that never completed).
 fn tear_archive_tail(device_dir: &Path, rng: &mut StdRng) {
-    let Ok(entries) = std::fs::read_dir(device_dir) else { return };
+    let Ok(entries) = std::fs::read_dir(device_dir) else {
+        return;
+    };
     let Some(newest) = entries
         .flatten()
         .map(|e| e.path())

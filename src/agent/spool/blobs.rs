@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::sinks::AttachmentStore;
+pub use crate::sinks::parallel::{PARALLEL_FSYNCS, parallel_map};
 
 /// The spool's attachment directory.
 #[derive(Clone, Debug)]
@@ -85,7 +86,7 @@ impl BlobStore {
         if created_dir {
             sync_dir(&self.root).map_err(spool_err(&self.root))?;
         }
-        let tmp = dir.join(format!(".{sha256}.{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(".{sha256}.{:016x}.tmp", rand::random::<u64>()));
         let mut input = File::open(source).map_err(BlobError::Source)?;
         let mut output = File::create(&tmp).map_err(spool_err(&tmp))?;
         let mut hasher = Sha256::new();
@@ -117,6 +118,14 @@ impl BlobStore {
         drop(output);
         fs::rename(&tmp, &dest).map_err(spool_err(&dest))?;
         Ok((size, Some(dir)))
+    }
+
+    /// [`BlobStore::put`] for many files at once. Each file still gets its own fsync, but they
+    /// run on up to [`PARALLEL_FSYNCS`] threads so the filesystem can commit them together
+    /// (one journal commit instead of one per file): attachment-heavy backfills are bound by
+    /// fsync latency, not CPU.
+    pub fn put_all(&self, files: &[(String, PathBuf)]) -> Vec<Result<(u64, Option<PathBuf>), BlobError>> {
+        parallel_map(files, |(sha256, path)| self.put(sha256, path))
     }
 
     /// Remove a blob (compaction). Missing files are fine.

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use blobs::{BlobError, BlobStore, is_sha256_hex, sync_dir};
+pub use blobs::{BlobError, BlobStore, PARALLEL_FSYNCS, is_sha256_hex, parallel_map, sync_dir};
 pub use reader::SpoolReader;
 
 use crate::agent::seal::seal_canonical;
@@ -324,7 +324,9 @@ impl Spool {
         // 1. Validate, and capture attachment files first (durable before the commit).
         let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
         let mut blob_rows: Vec<(String, u64, usize)> = Vec::new(); // (sha, size, draft index)
-        for (index, draft) in drafts.iter_mut().enumerate() {
+        let mut wanted: Vec<(String, PathBuf)> = Vec::new();
+        let mut wanted_by: Vec<usize> = Vec::new();
+        for (index, draft) in drafts.iter().enumerate() {
             let record = &draft.record;
             if record.schema != RECORD_SCHEMA || record.device.name != self.device {
                 return Err(SpoolError::InvalidDraft {
@@ -338,22 +340,26 @@ impl Spool {
             if draft.files.is_empty() || self.contains_key(&draft.record.idempotency_key) {
                 continue;
             }
-            let mut failed = Vec::new();
-            for (sha256, path) in &draft.files {
-                match self.blobs.put(sha256, path) {
-                    Ok((size, dir)) => {
-                        dirs_to_sync.extend(dir);
-                        blob_rows.push((sha256.clone(), size, index));
-                    }
-                    Err(BlobError::Spool { path, source }) => return Err(SpoolError::Io { path, source }),
-                    Err(error) => failed.push((sha256.clone(), error)),
+            for file in &draft.files {
+                wanted.push(file.clone());
+                wanted_by.push(index);
+            }
+        }
+        let mut failed: Vec<(usize, String, BlobError)> = Vec::new();
+        for (((sha256, _), index), result) in wanted.iter().zip(wanted_by).zip(self.blobs.put_all(&wanted)) {
+            match result {
+                Ok((size, dir)) => {
+                    dirs_to_sync.extend(dir);
+                    blob_rows.push((sha256.clone(), size, index));
                 }
+                Err(BlobError::Spool { path, source }) => return Err(SpoolError::Io { path, source }),
+                Err(error) => failed.push((index, sha256.clone(), error)),
             }
-            for (sha256, error) in failed {
-                // Never drop the record: it says the file could not be captured, and why.
-                outcome.attachment_failures += 1;
-                mark_attachment_uncaptured(&mut draft.record, &sha256, &error);
-            }
+        }
+        for (index, sha256, error) in failed {
+            // Never drop the record: it says the file could not be captured, and why.
+            outcome.attachment_failures += 1;
+            mark_attachment_uncaptured(&mut drafts[index].record, &sha256, &error);
         }
         dirs_to_sync.sort();
         dirs_to_sync.dedup();

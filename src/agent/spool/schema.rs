@@ -47,6 +47,8 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_size_limit", 64i64 * 1024 * 1024)?;
     conn.pragma_update(None, "foreign_keys", false)?;
     conn.pragma_update(None, "cache_size", -8192i64)?; // 8 MiB of pages per connection
+    // Checkpoint every ~32 MiB of WAL instead of 4 MiB: fewer checkpoint fsyncs on backfills.
+    conn.pragma_update(None, "wal_autocheckpoint", 8192i64)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())
 }
