@@ -13,6 +13,10 @@ use async_trait::async_trait;
 
 use crate::api::record::ArchiveRecord;
 
+pub mod ca;
+pub mod secret;
+pub mod webhook;
+
 /// A sealed record as stored in the spool: the parsed record and its exact stored bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpooledRecord {
