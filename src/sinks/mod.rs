@@ -14,6 +14,8 @@ use async_trait::async_trait;
 use crate::api::record::ArchiveRecord;
 
 pub mod ca;
+pub mod s3;
+pub mod s3_keys;
 pub mod secret;
 pub mod webhook;
 

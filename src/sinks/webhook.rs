@@ -154,7 +154,7 @@ impl WebhookSink {
 }
 
 /// An error and its sources on one line (reqwest's Display hides the TLS/IO cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
