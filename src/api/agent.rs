@@ -297,6 +297,14 @@ pub struct KafkaTarget {
     /// Directory with `username` and `password` files for SASL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_dir: Option<PathBuf>,
+    /// How long a batch may wait for the brokers (message delivery, transaction commit) before
+    /// the attempt fails and is retried.
+    #[serde(default = "default_kafka_delivery_timeout")]
+    pub delivery_timeout_seconds: u64,
+}
+
+fn default_kafka_delivery_timeout() -> u64 {
+    30
 }
 
 /// Webhook settings.

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use crate::api::record::ArchiveRecord;
 
 pub mod ca;
+pub mod kafka;
 pub mod s3;
 pub mod s3_keys;
 pub mod secret;
