@@ -14,10 +14,13 @@ use async_trait::async_trait;
 use crate::api::record::ArchiveRecord;
 
 pub mod ca;
+pub mod eml;
 pub mod kafka;
 pub mod s3;
 pub mod s3_keys;
 pub mod secret;
+pub mod smtp;
+pub mod smtp_day;
 pub mod webhook;
 
 /// A sealed record as stored in the spool: the parsed record and its exact stored bytes.
