@@ -44,7 +44,8 @@ def authenticator_for(users_file):
 
     def check(server, session, envelope, mechanism, auth_data):
         ok = isinstance(auth_data, LoginPassword) and users.get(auth_data.login) == auth_data.password
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd itself answers a failed login with 535.
+        return AuthResult(success=ok, handled=False)
 
     return check
 
