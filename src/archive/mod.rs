@@ -1,3 +1,4 @@
 //! Reading and verifying archives.
 
 pub mod cli;
+pub mod verify;

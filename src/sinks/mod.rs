@@ -7,6 +7,9 @@
 //! idempotently (deterministic object keys, message ids, idempotency headers, or a
 //! sequence check).
 
+pub mod factory;
+pub mod filesystem;
+
 use std::path::PathBuf;
 
 use async_trait::async_trait;

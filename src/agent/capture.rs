@@ -1,0 +1,258 @@
+//! The capture loop: poll the source, seal what is new into the spool, pause when the spool
+//! is full, compact what every sink has. Runs on its own thread (SQLite and the reader are
+//! blocking); woken early by file notifications and sink acknowledgements.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::metrics::{AgentMetrics, apple_now_ns, unix_now_s};
+use super::spool::{ChainHead, Spool, SpoolError};
+use super::status::AgentStatus;
+use crate::agent::backoff::Backoff;
+use crate::agent::source::{Draft, RecordSource};
+
+/// Why the capture loop wakes up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// chat.db or its WAL changed.
+    SourceChanged,
+    /// A sink acknowledged records (compaction may free space).
+    Acknowledged,
+    /// Stop reading.
+    Stop,
+}
+
+/// Capture loop settings.
+#[derive(Clone, Debug)]
+pub struct CaptureSettings {
+    /// Poll at least this often.
+    pub poll_interval: Duration,
+    /// Drafts per poll (and per durable commit).
+    pub batch_limit: usize,
+    /// Reading pauses while the spool uses this much disk.
+    pub spool_max_bytes: u64,
+    /// Compact once this many records are delivered everywhere (or whenever the spool is
+    /// above half its bound).
+    pub compact_threshold: u64,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        CaptureSettings {
+            poll_interval: Duration::from_millis(1000),
+            batch_limit: 2000,
+            spool_max_bytes: 2 << 30,
+            compact_threshold: 20_000,
+        }
+    }
+}
+
+/// The capture loop and what it owns.
+pub struct CaptureLoop {
+    /// The spool (writer).
+    pub spool: Spool,
+    /// The reader.
+    pub source: Box<dyn RecordSource>,
+    /// Settings.
+    pub settings: CaptureSettings,
+    /// Metrics.
+    pub metrics: AgentMetrics,
+    /// Shared status.
+    pub status: AgentStatus,
+    /// Publishes the chain head to the delivery tasks.
+    pub head_tx: watch::Sender<ChainHead>,
+    /// Wake-ups.
+    pub wake: Receiver<Wake>,
+}
+
+/// How the loop ended.
+#[derive(Debug)]
+pub struct CaptureEnd {
+    /// The final chain head.
+    pub head: ChainHead,
+    /// A fatal error, if the loop stopped because of one.
+    pub error: Option<SpoolError>,
+}
+
+impl CaptureLoop {
+    /// Run until told to stop. Drafts a poll returned are kept in memory until they are
+    /// durable: a failed commit is retried (with backoff) before anything new is read, so
+    /// the reader never gets ahead of the spool.
+    pub fn run(mut self) -> CaptureEnd {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(30),
+        };
+        let mut unsaved: Option<Vec<Draft>> = None;
+        let mut commit_failures = 0u32;
+        let mut last_event_ns: Option<i64> = None;
+        let mut last_used_check = Instant::now() - Duration::from_secs(3600);
+        let mut used = 0u64;
+        self.metrics.spool_max_bytes.set(self.settings.spool_max_bytes as i64);
+        self.metrics.chain_sequence.set(self.spool.head().seq as i64);
+        loop {
+            // Compact what every sink has, and measure the spool.
+            let over_half = used >= self.settings.spool_max_bytes / 2;
+            if let Err(error) = self.compact(over_half) {
+                tracing::error!(%error, "spool compaction failed");
+            }
+            if last_used_check.elapsed() > Duration::from_secs(1) {
+                match self.spool.used_bytes() {
+                    Ok(bytes) => self.metrics.spool_bytes.set(bytes as i64),
+                    Err(error) => tracing::error!(%error, "cannot measure the spool"),
+                }
+                last_used_check = Instant::now();
+            }
+            used = self.spool.backlog_bytes();
+            self.metrics.spool_backlog_bytes.set(used as i64);
+            if let Some(ns) = last_event_ns {
+                self.metrics.lag_seconds.set((apple_now_ns() - ns) as f64 / 1e9);
+            }
+
+            // Back-pressure: never read more than the spool can hold; never drop.
+            if unsaved.is_none() && used >= self.settings.spool_max_bytes {
+                if self.metrics.spool_full.get() == 0 {
+                    tracing::error!(
+                        used_bytes = used,
+                        max_bytes = self.settings.spool_max_bytes,
+                        "spool full: reading paused until sinks catch up"
+                    );
+                }
+                self.metrics.spool_full.set(1);
+                self.status.set_not_capturing("spool full");
+                if self.wait(Duration::from_millis(500)) {
+                    break;
+                }
+                continue;
+            }
+            if self.metrics.spool_full.get() == 1 {
+                tracing::info!(used_bytes = used, "spool below its bound again: reading resumes");
+                self.metrics.spool_full.set(0);
+            }
+
+            // Read (unless a batch is still waiting to become durable).
+            if self.stop_requested() {
+                break;
+            }
+            let mut drafts = match unsaved.take() {
+                Some(drafts) => drafts,
+                None => match self.source.poll(&self.spool, self.settings.batch_limit) {
+                    Ok(drafts) => {
+                        self.metrics.last_poll.set(unix_now_s());
+                        self.status.set_capturing();
+                        drafts
+                    }
+                    Err(error) => {
+                        self.metrics.poll_errors.inc();
+                        tracing::warn!(%error, "chat.db poll failed; retrying");
+                        self.status.set_not_capturing("chat.db unreadable");
+                        if self.wait(self.settings.poll_interval) {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let read = drafts.len();
+            let full_page = read >= self.settings.batch_limit;
+            if read == 0 {
+                self.status.set_idle(self.spool.head().seq);
+                if self.wait(self.settings.poll_interval) {
+                    break;
+                }
+                continue;
+            }
+
+            // Make them durable.
+            let span = tracing::info_span!("commit", drafts = read);
+            let _enter = span.enter();
+            match self.spool.append(&mut drafts) {
+                Ok(outcome) => {
+                    commit_failures = 0;
+                    self.metrics.duplicates.inc_by(outcome.duplicates as u64);
+                    self.metrics
+                        .attachment_failures
+                        .inc_by(outcome.attachment_failures as u64);
+                    for appended in &outcome.appended {
+                        self.metrics.captured.with_label_values(&[appended.kind.as_str()]).inc();
+                        self.metrics.decode_errors.inc_by(appended.decode_errors as u64);
+                        last_event_ns = Some(appended.event_apple_ns);
+                    }
+                    let head = self.spool.head().clone();
+                    self.metrics.chain_sequence.set(head.seq as i64);
+                    if full_page || !outcome.appended.is_empty() {
+                        self.status.set_busy();
+                    } else {
+                        self.status.set_idle(head.seq);
+                    }
+                    if !outcome.appended.is_empty() {
+                        tracing::debug!(appended = outcome.appended.len(), head = head.seq, "records committed");
+                        self.head_tx.send_replace(head);
+                    }
+                    if !full_page && outcome.appended.is_empty() && self.wait(self.settings.poll_interval) {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    let delay = backoff.delay(commit_failures);
+                    commit_failures = commit_failures.saturating_add(1);
+                    tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "spool commit failed; the batch is kept and retried");
+                    self.status.set_not_capturing("spool commit failing");
+                    unsaved = Some(drafts);
+                    if self.wait(delay) {
+                        // Stopping with an unsaved batch: the reader re-reads it after a
+                        // restart, because nothing of it is in the spool.
+                        break;
+                    }
+                }
+            }
+        }
+        self.status.set_not_capturing("stopped");
+        CaptureEnd {
+            head: self.spool.head().clone(),
+            error: None,
+        }
+    }
+
+    fn compact(&mut self, pressed: bool) -> Result<(), SpoolError> {
+        let cursors = self.spool.cursors()?;
+        let Some(floor) = cursors.values().copied().min() else {
+            return Ok(());
+        };
+        let deliverable = floor.saturating_sub(self.spool.compacted_through());
+        if deliverable >= self.settings.compact_threshold || (pressed && deliverable > 0) {
+            let removed = self.spool.compact(50_000)?;
+            tracing::debug!(removed, through = self.spool.compacted_through(), "spool compacted");
+        }
+        Ok(())
+    }
+
+    /// Whether a stop is pending (without waiting).
+    fn stop_requested(&self) -> bool {
+        let mut stop = false;
+        loop {
+            match self.wake.try_recv() {
+                Ok(wake) => stop |= wake == Wake::Stop,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return stop,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+
+    /// Sleep until woken or `timeout`; true when told to stop.
+    fn wait(&self, timeout: Duration) -> bool {
+        let first = match self.wake.recv_timeout(timeout) {
+            Ok(wake) => wake,
+            Err(RecvTimeoutError::Timeout) => return false,
+            Err(RecvTimeoutError::Disconnected) => return true,
+        };
+        let mut stop = first == Wake::Stop;
+        // Coalesce a burst of notifications into one poll.
+        while let Ok(wake) = self.wake.try_recv() {
+            stop |= wake == Wake::Stop;
+        }
+        stop
+    }
+}

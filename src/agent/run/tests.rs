@@ -1,0 +1,338 @@
+//! `run` end to end in-process, with a test double for the chat.db reader (`FixtureSource`)
+//! and real spools and filesystem sinks. The chat.db-backed end-to-end and crash tests live in
+//! `tests/agent_*.rs`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::agent::seal::tests::sample_record;
+use crate::agent::source::{ArchiveIndex, Draft, SourceError};
+use crate::api::agent::FilesystemTarget;
+use crate::api::record::AttachmentInfo;
+use crate::archive::verify::verify;
+use crate::sinks::filesystem::FilesystemSink;
+use crate::sinks::{AttachmentStore, SinkError, SpooledRecord};
+
+const DEVICE: &str = "dev-a";
+
+/// Test double of the chat.db reader: serves a fixed list of drafts from the start on every
+/// construction (like a reader that lost its place), paging by `limit`, skipping what the
+/// index already has, as the real reader does.
+struct FixtureSource {
+    drafts: Arc<StdMutex<Vec<Draft>>>,
+    position: usize,
+}
+
+impl RecordSource for FixtureSource {
+    fn poll(&mut self, index: &dyn ArchiveIndex, limit: usize) -> Result<Vec<Draft>, SourceError> {
+        let drafts = self.drafts.lock().unwrap();
+        let mut out = Vec::new();
+        while self.position < drafts.len() && out.len() < limit {
+            let draft = &drafts[self.position];
+            self.position += 1;
+            if !index.contains_key(&draft.record.idempotency_key) {
+                out.push(draft.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        vec![]
+    }
+}
+
+/// `n` message drafts; every 100th carries an attachment file in `files_dir`.
+fn drafts(n: usize, files_dir: &Path, offset: usize) -> Vec<Draft> {
+    (offset..offset + n)
+        .map(|i| {
+            let mut record = sample_record(DEVICE, &format!("GUID-{i:07}"), "0");
+            record.source.rowid = i as i64 + 1;
+            let mut files = vec![];
+            if i % 100 == 0 {
+                let content = format!("attachment {i}");
+                let sha = hex::encode(Sha256::digest(content.as_bytes()));
+                let path = files_dir.join(format!("{i}.bin"));
+                std::fs::write(&path, &content).unwrap();
+                record.attachments.push(AttachmentInfo {
+                    guid: format!("AT-{i}"),
+                    size: content.len() as u64,
+                    sha256: Some(sha.clone()),
+                    ..Default::default()
+                });
+                files.push((sha, path));
+            }
+            Draft { record, files }
+        })
+        .collect()
+}
+
+fn fs_sink(name: &str, root: &Path) -> Arc<dyn Sink> {
+    Arc::new(FilesystemSink::new(
+        name,
+        &FilesystemTarget {
+            path: root.to_path_buf(),
+            segment_max_records: 1000,
+        },
+    ))
+}
+
+fn settings(tmp: &Path, sinks: &[&str]) -> AgentRun {
+    let config: AgentConfig = serde_json::from_value(serde_json::json!({
+        "schema": crate::api::agent::AGENT_CONFIG_SCHEMA,
+        "device": {"name": DEVICE},
+        "chatDb": "/nonexistent/chat.db",
+        "spoolDir": tmp.join("spool"),
+        "sinks": sinks.iter().map(|n| serde_json::json!({"name": n, "filesystem": {"path": tmp.join(n)}})).collect::<Vec<_>>(),
+        "drainTimeoutSeconds": 2,
+    }))
+    .unwrap();
+    let mut run = AgentRun::from_config(config);
+    run.until_idle = true;
+    run.http_listen = None;
+    run.termination_path = Some(tmp.join("termination-log"));
+    run.capture.poll_interval = Duration::from_millis(20);
+    run.capture.batch_limit = 500;
+    run.delivery.backoff.base = Duration::from_millis(5);
+    run.delivery.backoff.cap = Duration::from_millis(50);
+    run
+}
+
+fn source(list: &Arc<StdMutex<Vec<Draft>>>) -> Box<dyn RecordSource> {
+    Box::new(FixtureSource {
+        drafts: Arc::clone(list),
+        position: 0,
+    })
+}
+
+/// The idempotency keys in an archive, counted.
+fn archived_keys(root: &Path) -> HashMap<String, usize> {
+    let mut keys = HashMap::new();
+    let dir = root.join(DEVICE);
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".jsonl") {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                let record = crate::api::record::ArchiveRecord::from_json(line).unwrap();
+                *keys.entry(record.idempotency_key).or_insert(0) += 1;
+            }
+        }
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_idle_delivers_everything_to_every_sink_exactly_once_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = Arc::new(StdMutex::new(drafts(2_345, tmp.path(), 0)));
+    let sinks = || {
+        vec![
+            fs_sink("archive", &tmp.path().join("archive")),
+            fs_sink("copy", &tmp.path().join("copy")),
+        ]
+    };
+    let exit = run(
+        settings(tmp.path(), &["archive", "copy"]),
+        source(&list),
+        sinks(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((exit.reason, exit.code), (StopReason::Idle, 0));
+    assert_eq!((exit.receipt.records_captured, exit.receipt.pending_total), (2_345, 0));
+    assert!(exit.receipt.complete);
+    let written = std::fs::read_to_string(tmp.path().join("termination-log")).unwrap();
+    assert_eq!(DrainReceipt::parse(&written), Some(exit.receipt.clone()));
+
+    // Restart: the reader re-reads everything (dropped as duplicates) plus 10 new events.
+    list.lock().unwrap().extend(drafts(10, tmp.path(), 2_345));
+    let again = run(
+        settings(tmp.path(), &["archive", "copy"]),
+        source(&list),
+        sinks(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.receipt.records_captured, 2_355);
+    for root in ["archive", "copy"] {
+        let report = verify(&tmp.path().join(root)).unwrap();
+        assert!(report.ok, "{root}: {:?}", report.problems);
+        assert_eq!(report.records, 2_355);
+        let keys = archived_keys(&tmp.path().join(root));
+        assert_eq!(keys.len(), 2_355);
+        assert!(keys.values().all(|&n| n == 1), "every event exactly once");
+        assert_eq!(report.heads[DEVICE].hash, again.receipt.chain_head);
+    }
+    // Every emitted record validates against the published JSON Schema.
+    let schema: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/record.schema.json"
+    )))
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for entry in std::fs::read_dir(tmp.path().join("archive").join(DEVICE))
+        .unwrap()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().ends_with(".jsonl") {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert!(validator.is_valid(&value), "{line}");
+            }
+        }
+    }
+}
+
+/// Test double of a sink that is down: every delivery fails with the given class.
+struct DownSink {
+    name: String,
+    permanent: bool,
+    attempts: AtomicUsize,
+}
+
+#[async_trait]
+impl Sink for DownSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn type_name(&self) -> &'static str {
+        "test-double"
+    }
+    async fn start(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    async fn health(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    async fn deliver(&self, _: &[SpooledRecord], _: &dyn AttachmentStore) -> Result<(), SinkError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.permanent {
+            Err(SinkError::Permanent("refused by test double".into()))
+        } else {
+            Err(SinkError::Transient("connection refused by test double".into()))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_sink_blocks_neither_capture_nor_the_other_sink_and_the_receipt_says_what_is_pending() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = Arc::new(StdMutex::new(drafts(1_200, tmp.path(), 0)));
+    let down = Arc::new(DownSink {
+        name: "down".into(),
+        permanent: false,
+        attempts: AtomicUsize::new(0),
+    });
+    let mut settings = settings(tmp.path(), &["archive", "down"]);
+    settings.until_idle = false;
+    let shutdown = CancellationToken::new();
+    let stopper = shutdown.clone();
+    let archive = tmp.path().join("archive");
+    let watcher = tokio::spawn(async move {
+        // SIGTERM once the healthy sink has everything.
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if archive.join(DEVICE).is_dir() && verify(&archive).map(|r| r.records).unwrap_or(0) == 1_200 {
+                stopper.cancel();
+                return;
+            }
+        }
+    });
+    let sinks: Vec<Arc<dyn Sink>> = vec![fs_sink("archive", &tmp.path().join("archive")), down.clone()];
+    let exit = tokio::time::timeout(Duration::from_secs(60), run(settings, source(&list), sinks, shutdown))
+        .await
+        .expect("the healthy sink finished although the other is down")
+        .unwrap();
+    watcher.await.unwrap();
+    assert_eq!(exit.reason, StopReason::Shutdown);
+    assert_eq!(
+        exit.code, 0,
+        "the drain timeout ended the drain: exit 0, receipt incomplete"
+    );
+    assert!(!exit.receipt.complete);
+    assert_eq!(exit.receipt.pending["archive"], 0);
+    assert_eq!(exit.receipt.pending["down"], 1_200);
+    assert!(down.attempts.load(Ordering::SeqCst) >= 2, "the down sink was retried");
+
+    // The records stay in the spool for the down sink: a later run delivers them to a
+    // working sink of that name.
+    let mut later = settings_with(tmp.path(), &["archive", "down"]);
+    later.until_idle = true;
+    let sinks: Vec<Arc<dyn Sink>> = vec![
+        fs_sink("archive", &tmp.path().join("archive")),
+        fs_sink("down", &tmp.path().join("recovered")),
+    ];
+    let exit = run(later, source(&list), sinks, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(exit.receipt.complete);
+    assert_eq!(verify(&tmp.path().join("recovered")).unwrap().records, 1_200);
+}
+
+fn settings_with(tmp: &Path, sinks: &[&str]) -> AgentRun {
+    settings(tmp, sinks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_idle_stops_with_code_3_when_a_sink_refuses_permanently_and_keeps_the_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = Arc::new(StdMutex::new(drafts(50, tmp.path(), 0)));
+    let down = Arc::new(DownSink {
+        name: "strict".into(),
+        permanent: true,
+        attempts: AtomicUsize::new(0),
+    });
+    let sinks: Vec<Arc<dyn Sink>> = vec![fs_sink("archive", &tmp.path().join("archive")), down];
+    let exit = run(
+        settings(tmp.path(), &["archive", "strict"]),
+        source(&list),
+        sinks,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((exit.reason, exit.code), (StopReason::SinkFailed, 3));
+    assert_eq!(exit.receipt.pending["strict"], 50);
+    let spool = Spool::open(&tmp.path().join("spool"), DEVICE).unwrap();
+    assert_eq!(spool.head().seq, 50);
+    assert_eq!(
+        spool.compacted_through(),
+        0,
+        "nothing the strict sink lacks is compacted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_pauses_reading_and_drops_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = Arc::new(StdMutex::new(drafts(3_000, tmp.path(), 0)));
+    let mut settings = settings(tmp.path(), &["archive"]);
+    settings.capture.spool_max_bytes = 200_000; // about 150 records
+    settings.capture.batch_limit = 100;
+    settings.capture.compact_threshold = 50;
+    let exit = run(
+        settings,
+        source(&list),
+        vec![fs_sink("archive", &tmp.path().join("archive"))],
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((exit.reason, exit.receipt.records_captured), (StopReason::Idle, 3_000));
+    let report = verify(&tmp.path().join("archive")).unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.records, 3_000);
+    let spool = Spool::open(&tmp.path().join("spool"), DEVICE).unwrap();
+    assert!(
+        spool.compacted_through() > 2_500,
+        "delivered records were compacted to make room"
+    );
+    assert!(spool.backlog_bytes() < 200_000 + 100 * 2_000);
+}
