@@ -350,10 +350,10 @@ mod kafkar {
                     quiet = None;
                     out.push(String::from_utf8(m.unwrap().payload().unwrap().to_vec()).unwrap());
                 }
-                None if out.len() >= n => {
-                    if quiet.get_or_insert_with(std::time::Instant::now).elapsed() > Duration::from_secs(2) {
-                        break;
-                    }
+                None if out.len() >= n
+                    && quiet.get_or_insert_with(std::time::Instant::now).elapsed() > Duration::from_secs(2) =>
+                {
+                    break;
                 }
                 None => {}
             }

@@ -17,8 +17,6 @@ use capturefleet::sinks::s3::S3Sink;
 use capturefleet::sinks::{Sink, SinkError, SpooledRecord};
 use sink_support::{DirAttachments, ServerInstance, env, records};
 
-const NEEDS: &str = "needs the S3 test server (tests/sinks/up); run by make test";
-
 struct S3Env {
     endpoint: String,
     credentials_dir: PathBuf,
@@ -186,7 +184,6 @@ async fn start_refuses_a_bucket_without_object_lock() {
         .await
         .unwrap_err();
     assert!(matches!(err, SinkError::Misconfigured(_)), "{err}");
-    let _ = NEEDS;
 }
 
 #[tokio::test]

@@ -510,7 +510,7 @@ mod tests {
     #[test]
     fn day_message_id_follows_the_content() {
         let (a, b) = (record(1, "a"), record(2, "b"));
-        let one = day_message_id(&settings(), &[a.clone()]);
+        let one = day_message_id(&settings(), std::slice::from_ref(&a));
         let both = day_message_id(&settings(), &[a.clone(), b.clone()]);
         assert_ne!(one, both);
         assert_eq!(both, day_message_id(&settings(), &[a.clone(), b.clone()]));

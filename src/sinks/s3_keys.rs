@@ -85,7 +85,7 @@ mod tests {
                 assert_eq!(k.as_str() > after.as_str(), last >= pos, "{k} vs {after}");
             }
         }
-        let mut keys = vec![
+        let mut keys = [
             records_key(&base, 100, 200),
             records_key(&base, 1, 99),
             records_key(&base, 201, 201),
