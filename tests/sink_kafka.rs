@@ -235,3 +235,40 @@ async fn broker_outage_mid_stream_loses_and_duplicates_nothing() {
         .unwrap();
     assert_exactly_once(&consumed, &all);
 }
+
+#[tokio::test]
+#[ignore = "needs the Kafka test broker (tests/sinks/up); run by make test"]
+async fn sasl_credentials_come_from_the_mounted_secret_directory() {
+    let sasl_brokers = env("CAPTUREFLEET_KAFKA_SASL_BROKERS");
+    let brokers = env("CAPTUREFLEET_KAFKA_BROKERS");
+    let topic = create_topic(&brokers).await;
+    let mut t = target(&sasl_brokers, &topic);
+    t.tls = true;
+    t.ca_file = Some(env("CAPTUREFLEET_SINKS_CA_FILE").into());
+    t.sasl_mechanism = Some("PLAIN".into());
+    // A wrong password is refused by the broker.
+    let wrong = tempfile::tempdir().unwrap();
+    let user = std::fs::read_to_string(format!("{}/username", env("CAPTUREFLEET_KAFKA_CREDENTIALS_DIR"))).unwrap();
+    std::fs::write(wrong.path().join("username"), &user).unwrap();
+    std::fs::write(wrong.path().join("password"), "not-the-password\n").unwrap();
+    t.credentials_dir = Some(wrong.path().to_owned());
+    let err = KafkaSink::new("k", &t).unwrap().start().await.unwrap_err();
+    assert!(
+        matches!(err, SinkError::Misconfigured(ref m) if m.to_lowercase().contains("authentication")),
+        "{err}"
+    );
+    // The Secret's files work.
+    t.credentials_dir = Some(env("CAPTUREFLEET_KAFKA_CREDENTIALS_DIR").into());
+    let sink = KafkaSink::new("k", &t).unwrap();
+    assert!(!format!("{sink:?}").contains(
+        &std::fs::read_to_string(format!("{}/password", env("CAPTUREFLEET_KAFKA_CREDENTIALS_DIR"))).unwrap()
+    ));
+    sink.start().await.unwrap();
+    let mut files = DirAttachments::new();
+    let all = records("dev-sasl", 5, &mut files);
+    sink.deliver(&all, &files).await.unwrap();
+    let consumed = tokio::task::spawn_blocking(move || read_all(&brokers, &topic, 5))
+        .await
+        .unwrap();
+    assert_exactly_once(&consumed, &all);
+}

@@ -487,3 +487,49 @@ async fn outage_mid_stream_then_recovery_loses_and_duplicates_nothing() {
     assert_eq!(failures, 3);
     assert_eq!(stored_lines(&admin, &b, "dev-out").await, spool_lines(&all));
 }
+
+#[tokio::test]
+#[ignore = "needs the S3 test server (tests/sinks/up); run by make test"]
+async fn an_attachment_archived_again_gets_the_longer_retention() {
+    capturefleet::tls::install_crypto_provider();
+    let s3 = S3Env::from_env();
+    let admin = s3.admin();
+    let b = bucket(&admin, true).await;
+    let mut files = DirAttachments::new();
+    let mut batch = records("dev-ext", 10, &mut files);
+    // Record 10 carries the same file as record 5 (sent again later).
+    let shared = batch[4].record.attachments[0].clone();
+    batch[9].record.attachments = vec![shared.clone()];
+    let prev = batch[8].record.hash.clone();
+    batch[9].record.seal(10, &prev);
+    batch[9].json = batch[9].record.to_canonical_json();
+    let key = format!(
+        "archive/compliance/dev-ext/attachments/{}",
+        shared.sha256.clone().unwrap()
+    );
+
+    S3Sink::new("s3", &s3.target(&b, compliance(1)))
+        .unwrap()
+        .deliver(&batch[..5], &files)
+        .await
+        .unwrap();
+    let first = admin.head_object().bucket(&b).key(&key).send().await.unwrap();
+    let until_1 = first.object_lock_retain_until_date().unwrap().secs();
+    S3Sink::new("s3", &s3.target(&b, compliance(30)))
+        .unwrap()
+        .deliver(&batch[5..], &files)
+        .await
+        .unwrap();
+    let again = admin.head_object().bucket(&b).key(&key).send().await.unwrap();
+    let until_30 = again.object_lock_retain_until_date().unwrap().secs();
+    assert!(
+        until_30 >= until_1 + 28 * 86_400,
+        "retention extended: {until_1} -> {until_30}"
+    );
+    assert_eq!(
+        again.version_id(),
+        first.version_id(),
+        "the same object, not a new version"
+    );
+    assert_eq!(stored_lines(&admin, &b, "dev-ext").await, spool_lines(&batch));
+}

@@ -27,13 +27,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Mutex;
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, instrument, warn};
 
 use super::ca::CaBundle;
 use super::secret::BasicAuth;
@@ -62,11 +64,70 @@ impl std::fmt::Debug for KafkaSink {
     }
 }
 
+/// Remembers librdkafka's last client-level error, whose reason (e.g. "SASL authentication
+/// error: Authentication failed") the failing call's own error does not carry.
+#[derive(Clone, Default)]
+pub struct SinkContext {
+    last_error: Arc<std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>>,
+}
+
+impl ClientContext for SinkContext {
+    /// librdkafka's log, into `tracing`; failures it only logs (SASL, TLS handshakes) are
+    /// remembered for [`SinkContext::explain`].
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => warn!(facility = fac, "librdkafka: {log_message}"),
+            L::Warning | L::Notice => info!(facility = fac, "librdkafka: {log_message}"),
+            L::Info | L::Debug => debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+        let code = if log_message.contains("SASL authentication error") || log_message.contains("Authentication failed")
+        {
+            Some(RDKafkaErrorCode::Authentication)
+        } else if log_message.contains("SSL handshake failed") {
+            Some(RDKafkaErrorCode::SSL)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            *self.last_error.lock().expect("last_error lock") = Some((code, log_message.to_owned()));
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(error = %error, "librdkafka: {reason}");
+        if let Some(code) = error.rdkafka_error_code() {
+            *self.last_error.lock().expect("last_error lock") = Some((code, reason.to_owned()));
+        }
+    }
+}
+
+impl ConsumerContext for SinkContext {}
+
+impl SinkContext {
+    /// `err`, reclassified and explained by the last client error: an authentication failure
+    /// is a misconfiguration, and a TLS failure's reason is added to the message.
+    fn explain(&self, err: SinkError) -> SinkError {
+        let last = self.last_error.lock().expect("last_error lock").clone();
+        match (last, err) {
+            (Some((RDKafkaErrorCode::Authentication, reason)), SinkError::Transient(m)) => {
+                SinkError::Misconfigured(format!("{m}; {reason}"))
+            }
+            (Some((RDKafkaErrorCode::SSL, reason)), SinkError::Transient(m)) => {
+                SinkError::Transient(format!("{m}; {reason}"))
+            }
+            (_, err) => err,
+        }
+    }
+}
+
 /// A transactional producer for one device, and what it knows about the topic.
 struct Session {
     device: String,
-    producer: FutureProducer,
-    consumer: Arc<BaseConsumer>,
+    producer: FutureProducer<SinkContext>,
+    /// The producer's context (shared), for the reasons of its errors.
+    producer_context: SinkContext,
+    consumer: Arc<BaseConsumer<SinkContext>>,
     group: Arc<ConsumerGroupMetadata>,
     /// Highest sequence number committed to the topic by this device and sink.
     watermark: u64,
@@ -150,7 +211,10 @@ impl KafkaSink {
         let mut base = ClientConfig::new();
         base.set("bootstrap.servers", target.brokers.join(","))
             .set("client.id", format!("capturefleet-{}", id_part(name)))
-            .set("socket.connection.setup.timeout.ms", "10000");
+            .set("socket.connection.setup.timeout.ms", "10000")
+            // Not derived from the `log` crate's level (unset under `tracing`): connection,
+            // TLS and SASL failures are only logged by librdkafka, and they explain errors.
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
         let sasl = match (&target.sasl_mechanism, &target.credentials_dir) {
             (Some(mechanism), Some(dir)) => Some((mechanism.clone(), BasicAuth::read(dir)?)),
             (Some(_), None) => {
@@ -201,7 +265,8 @@ impl KafkaSink {
     async fn open_session(&self, device: &str) -> Result<Session, SinkError> {
         let ids = format!("capturefleet.{}.{}", id_part(device), id_part(&self.name));
         let timeout_ms = self.op_timeout().as_millis().to_string();
-        let producer: FutureProducer = self
+        let producer_context = SinkContext::default();
+        let producer: FutureProducer<SinkContext> = self
             .base
             .clone()
             .set("enable.idempotence", "true")
@@ -213,15 +278,15 @@ impl KafkaSink {
                 (self.op_timeout().as_millis().max(60_000) * 2).to_string(),
             )
             .set("linger.ms", "5")
-            .create()
+            .create_with_context(producer_context.clone())
             .map_err(|e| SinkError::Misconfigured(format!("kafka producer settings: {e}")))?;
-        let consumer: BaseConsumer = self
+        let consumer: BaseConsumer<SinkContext> = self
             .base
             .clone()
             .set("group.id", &ids)
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(SinkContext::default())
             .map_err(|e| SinkError::Misconfigured(format!("kafka consumer settings: {e}")))?;
         let consumer = Arc::new(consumer);
         let group = Arc::new(
@@ -233,15 +298,21 @@ impl KafkaSink {
         let p = producer.clone();
         blocking(move || p.init_transactions(timeout))
             .await?
-            .map_err(|e| kafka_error("init_transactions", &e))?;
+            .map_err(|e| producer_context.explain(kafka_error("init_transactions", &e)))?;
         let (c, topic) = (consumer.clone(), self.target.topic.clone());
         let committed = blocking(move || {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, WATERMARK_PARTITION);
-            c.committed_offsets(tpl, timeout)
+            c.committed_offsets(tpl, timeout).inspect_err(|_| {
+                let _ = c.poll(Duration::from_millis(300)); // serve the log (see topic_metadata)
+            })
         })
         .await?
-        .map_err(|e| kafka_error("reading the committed watermark", &e))?;
+        .map_err(|e| {
+            consumer
+                .context()
+                .explain(kafka_error("reading the committed watermark", &e))
+        })?;
         let watermark = committed
             .elements()
             .first()
@@ -251,6 +322,7 @@ impl KafkaSink {
         Ok(Session {
             device: device.to_owned(),
             producer,
+            producer_context,
             consumer,
             group,
             watermark,
@@ -338,11 +410,22 @@ impl KafkaSink {
         Ok(())
     }
 
-    async fn topic_metadata(&self, consumer: Arc<BaseConsumer>, timeout: Duration) -> Result<(), SinkError> {
+    async fn topic_metadata(
+        &self,
+        consumer: Arc<BaseConsumer<SinkContext>>,
+        timeout: Duration,
+    ) -> Result<(), SinkError> {
         let topic = self.target.topic.clone();
-        let metadata = blocking(move || consumer.fetch_metadata(Some(&topic), timeout))
-            .await?
-            .map_err(|e| kafka_error("metadata", &e))?;
+        let c = consumer.clone();
+        let metadata = blocking(move || {
+            c.fetch_metadata(Some(&topic), timeout).inspect_err(|_| {
+                // librdkafka reports why a connection failed (SASL, TLS) only in its log, which
+                // is queued on the client's main queue: serve it so the context sees it.
+                let _ = c.poll(Duration::from_millis(300));
+            })
+        })
+        .await?
+        .map_err(|e| consumer.context().explain(kafka_error("metadata", &e)))?;
         let topic = metadata
             .topics()
             .iter()
@@ -365,10 +448,10 @@ impl KafkaSink {
         Ok(())
     }
 
-    fn probe_consumer(&self) -> Result<Arc<BaseConsumer>, SinkError> {
-        let consumer: BaseConsumer = self
+    fn probe_consumer(&self) -> Result<Arc<BaseConsumer<SinkContext>>, SinkError> {
+        let consumer: BaseConsumer<SinkContext> = self
             .base
-            .create()
+            .create_with_context(SinkContext::default())
             .map_err(|e| SinkError::Misconfigured(format!("kafka settings: {e}")))?;
         Ok(Arc::new(consumer))
     }
@@ -420,6 +503,7 @@ impl Sink for KafkaSink {
         }
         let session = guard.as_mut().expect("session just opened");
         let result = self.deliver_in(session, batch).await;
+        let result = result.map_err(|e| session.producer_context.explain(e));
         if result.is_err() {
             // Drop the producer: the next attempt fences and aborts whatever is left of this
             // transaction and re-reads the watermark.
