@@ -21,6 +21,7 @@ use capturefleet::agent::source::{ArchiveIndex, Draft, RecordSource, SourceError
 use capturefleet::api::agent::*;
 use capturefleet::api::record::{ArchiveRecord, GENESIS_HASH};
 use capturefleet::sinks::factory;
+use sink_support::webhook_receiver::{Pki, Receiver, SECRET, pki};
 use sink_support::{DirAttachments, ServerInstance, env, records};
 
 /// Test double of the chat.db reader: serves the drafts the test pushes, each once.
@@ -409,9 +410,45 @@ mod smtpr {
     }
 }
 
+/// A server a test can take down and bring back.
+trait Outage {
+    async fn take_down(&mut self);
+    async fn bring_back(&mut self);
+}
+
+impl Outage for ServerInstance {
+    async fn take_down(&mut self) {
+        self.stop();
+    }
+    async fn bring_back(&mut self) {
+        self.restart();
+    }
+}
+
+/// The in-test HTTPS webhook receiver, on a fixed port once bound.
+struct WebhookServer {
+    receiver: Receiver,
+    pki: Pki,
+    addr: std::net::SocketAddr,
+    handle: Option<axum_server::Handle<std::net::SocketAddr>>,
+}
+
+impl Outage for WebhookServer {
+    async fn take_down(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+        }
+    }
+    async fn bring_back(&mut self) {
+        let (addr, handle) = self.receiver.serve(&self.pki, self.addr).await;
+        assert_eq!(addr, self.addr);
+        self.handle = Some(handle);
+    }
+}
+
 /// Push 20 drafts, stop the `down` sink's server, push 30 more, watch both sinks, restart the
 /// server, wait for the spool to drain.
-async fn outage(agent: &Agent, device: &str, down: &str, up: &str, server: &mut ServerInstance) {
+async fn outage(agent: &Agent, device: &str, down: &str, up: &str, server: &mut impl Outage) {
     let mut files = DirAttachments::new();
     let all = drafts(device, 50, &mut files);
     agent.push(&all[..20]);
@@ -425,7 +462,7 @@ async fn outage(agent: &Agent, device: &str, down: &str, up: &str, server: &mut 
             .wait("nothing pending", "capture_records_pending", sink, |v| v == 0.0)
             .await;
     }
-    server.stop();
+    server.take_down().await;
     agent.push(&all[20..]);
     let peak = agent
         .wait("pending to grow", "capture_records_pending", down, |v| v >= 30.0)
@@ -447,7 +484,7 @@ async fn outage(agent: &Agent, device: &str, down: &str, up: &str, server: &mut 
         Some(0.0),
         "readiness sees the outage"
     );
-    server.restart();
+    server.bring_back().await;
     agent
         .wait("pending back to 0", "capture_records_pending", down, |v| v == 0.0)
         .await;
@@ -571,4 +608,58 @@ async fn smtp_outage_through_the_agent_while_s3_keeps_flowing() {
     finish(agent).await;
     assert_whole_chain(smtpr::lines(&maildir, journal), 50, "smtp");
     assert_whole_chain(s3r::lines(&client, &bucket, "dev-agent-m").await, 50, "s3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the sink test servers (tests/sinks/up); run by make test"]
+async fn webhook_outage_through_the_agent_while_kafka_keeps_flowing() {
+    capturefleet::tls::install_crypto_provider();
+    let receiver = Receiver::new();
+    let pki = pki();
+    let (addr, handle) = receiver.serve(&pki, "127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hmac"), SECRET).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    let hook = SinkTarget::Webhook(WebhookTarget {
+        url: format!("https://127.0.0.1:{}/hook", addr.port()),
+        hmac_secret_file: dir.path().join("hmac"),
+        ca_file: Some(dir.path().join("ca.pem")),
+        timeout_seconds: 2,
+    });
+    let brokers = env("CAPTUREFLEET_KAFKA_BROKERS");
+    let topic = kafkar::topic(&brokers).await;
+    let agent = Agent::start(
+        "dev-agent-w",
+        vec![
+            SinkConfig {
+                name: "hook".into(),
+                target: hook,
+            },
+            SinkConfig {
+                name: "stream".into(),
+                target: kafkar::target(&brokers, &topic),
+            },
+        ],
+    )
+    .await;
+    let mut server = WebhookServer {
+        receiver,
+        pki,
+        addr,
+        handle: Some(handle),
+    };
+    outage(&agent, "dev-agent-w", "hook", "stream", &mut server).await;
+    finish(agent).await;
+    let lines = server.receiver.with(|r| {
+        assert_eq!(r.bad_signatures, 0);
+        r.stored
+            .values()
+            .map(|b| String::from_utf8(b.clone()).unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_whole_chain(lines, 50, "webhook");
+    let lines = tokio::task::spawn_blocking(move || kafkar::lines(&brokers, &topic, 50))
+        .await
+        .unwrap();
+    assert_whole_chain(lines, 50, "kafka");
 }

@@ -3,6 +3,8 @@
 //! or, for outage tests, private instances started through `tests/sinks/server`.
 #![allow(dead_code)]
 
+pub mod webhook_receiver;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
