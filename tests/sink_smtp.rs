@@ -280,7 +280,13 @@ async fn per_conversation_day_messages_hold_each_days_records_once_across_restar
     // The stream reached day 2, so both conversations' day 1 were sent.
     assert_eq!(delivered(&smtp.maildir, &journal).len(), 2);
     sink.deliver(&all[20..], &files).await.unwrap();
+    assert_eq!(
+        sink.buffered().await.unwrap(),
+        15,
+        "day 2 (seq 16..=30) waits in the journal"
+    );
     sink.flush().await.unwrap();
+    assert_eq!(sink.buffered().await.unwrap(), 0);
 
     let raw = delivered(&smtp.maildir, &journal);
     assert_eq!(raw.len(), 4, "2 conversations x 2 days");

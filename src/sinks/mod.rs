@@ -94,4 +94,12 @@ pub trait Sink: Send + Sync {
     async fn flush(&self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// Records this sink acknowledged but holds in its own durable buffer, not yet in the
+    /// archive (SMTP per-conversation-day journals them until the day is over). A drain is only
+    /// complete when this is 0 after `flush`; the drain receipt and the pending gauge should
+    /// count these as pending.
+    async fn buffered(&self) -> Result<u64, SinkError> {
+        Ok(0)
+    }
 }

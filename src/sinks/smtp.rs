@@ -285,6 +285,14 @@ impl Sink for SmtpSink {
         Ok(())
     }
 
+    /// Records journaled for conversation-day messages not sent yet.
+    async fn buffered(&self) -> Result<u64, SinkError> {
+        match &self.inner.journal {
+            Some(journal) => journal.lock().await.buffered(),
+            None => Ok(0),
+        }
+    }
+
     /// Send every journaled conversation-day now (drain).
     async fn flush(&self) -> Result<(), SinkError> {
         let Some(journal) = &self.inner.journal else {

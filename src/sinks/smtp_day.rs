@@ -221,6 +221,16 @@ impl DayJournal {
         Ok((records, files))
     }
 
+    /// How many distinct records are journaled and not yet sent.
+    pub fn buffered(&self) -> Result<u64, SinkError> {
+        let mut n = 0;
+        for cd in self.pending()? {
+            let (records, ()) = self.load_records_only(&cd)?;
+            n += records.iter().map(|r| r.seq).collect::<BTreeSet<_>>().len() as u64;
+        }
+        Ok(n)
+    }
+
     /// Forget a sent conversation-day, and the attachment files no open day needs any more.
     pub fn remove(&self, cd: &ConvDay) -> Result<(), SinkError> {
         let path = self.file_of(cd);
@@ -400,8 +410,10 @@ mod tests {
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 4]);
         assert_eq!(records[1].json, late.json);
 
+        assert_eq!(j.buffered().unwrap(), 4);
         j.remove(c1_day1).unwrap();
         assert_eq!(j.pending().unwrap().len(), 2);
+        assert_eq!(j.buffered().unwrap(), 2);
     }
 
     #[test]
