@@ -37,6 +37,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ArchiveCommand,
     },
+    /// Benchmarks (release builds; see BENCHMARKS.md).
+    Bench {
+        /// The benchmark.
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Decode Apple blobs and databases for people debugging a device.
     Inspect {
         /// What to inspect.
@@ -50,6 +56,13 @@ pub enum Command {
 pub enum DeviceCommand {
     /// Write a realistic chat.db in Apple's schema (bulk history or live).
     Simulate(crate::device::cli::SimulateArgs),
+}
+
+/// `capturefleet bench …`
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// chat.db reader throughput (a backfill into an empty archive).
+    Reader(crate::agent::source::bench::BenchReaderArgs),
 }
 
 /// `capturefleet archive …`
@@ -82,6 +95,9 @@ pub fn run(cli: Cli) -> ExitCode {
             command: ArchiveCommand::Verify(args),
         } => crate::archive::cli::run(args),
         Command::Inspect { command } => crate::apple::inspect::run(command),
+        Command::Bench {
+            command: BenchCommand::Reader(args),
+        } => crate::agent::source::bench::run(args),
     };
     match result {
         Ok(code) => code,

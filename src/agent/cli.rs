@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::run::{self as runner, AgentRun};
-use super::source::RecordSource;
+use super::source::{ChatDbReader, ReaderConfig, RecordSource};
 use crate::api::agent::{AGENT_CONFIG_SCHEMA, AgentConfig, AgentDevice, FilesystemTarget, SinkConfig, SinkTarget};
 use crate::sinks::{Sink, factory};
 
@@ -161,10 +161,8 @@ pub fn resolve_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
 
 /// The chat.db reader for this configuration.
 pub fn open_source(config: &AgentConfig) -> anyhow::Result<Box<dyn RecordSource>> {
-    anyhow::bail!(
-        "the chat.db reader is not merged into this build yet (chat.db {})",
-        config.chat_db.display()
-    )
+    let reader = ChatDbReader::open(&ReaderConfig::from_agent_config(config))?;
+    Ok(Box::new(reader))
 }
 
 /// Run `capturefleet agent`.

@@ -186,7 +186,7 @@ pub async fn run(
         })
     };
 
-    let monitor = SpoolReader::open(&spool_dir)?;
+    let monitor = std::sync::Mutex::new(SpoolReader::open(&spool_dir)?);
     let reason = wait_for_stop(&run, &shutdown, &status, &monitor, &mut capture_task, &sink_names).await;
     tracing::info!(?reason, "stopping capture; draining");
 
@@ -233,11 +233,14 @@ pub async fn run(
     }
 
     // The receipt, from what is durable in the spool.
-    let head = monitor.head()?;
-    let mut cursors = BTreeMap::new();
-    for name in &sink_names {
-        cursors.insert(name.clone(), monitor.cursor(name)?.unwrap_or(0));
-    }
+    let (head, cursors) = {
+        let monitor = monitor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cursors = BTreeMap::new();
+        for name in &sink_names {
+            cursors.insert(name.clone(), monitor.cursor(name)?.unwrap_or(0));
+        }
+        (monitor.head()?, cursors)
+    };
     let receipt = drain::receipt(&head, &cursors);
     let json = drain::to_bounded_json(&receipt);
     println!("{json}");
@@ -273,7 +276,7 @@ async fn wait_for_stop(
     run: &AgentRun,
     shutdown: &CancellationToken,
     status: &AgentStatus,
-    monitor: &SpoolReader,
+    monitor: &std::sync::Mutex<SpoolReader>,
     capture_task: &mut tokio::task::JoinHandle<super::capture::CaptureEnd>,
     sink_names: &[String],
 ) -> StopReason {
@@ -287,9 +290,10 @@ async fn wait_for_stop(
                     return StopReason::SinkFailed;
                 }
                 let Some(idle_head) = status.idle_head() else { continue };
-                let delivered = sink_names.iter().all(|name| {
-                    monitor.cursor(name).ok().flatten().is_some_and(|c| c >= idle_head)
-                });
+                let delivered = {
+                    let monitor = monitor.lock().unwrap_or_else(|p| p.into_inner());
+                    sink_names.iter().all(|name| monitor.cursor(name).ok().flatten().is_some_and(|c| c >= idle_head))
+                };
                 if delivered && status.idle_head() == Some(idle_head) {
                     return StopReason::Idle;
                 }

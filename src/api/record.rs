@@ -186,8 +186,22 @@ pub struct SourceRef {
     pub rowid: i64,
     /// The row's GUID.
     pub guid: String,
-    /// The revision of that row this record describes (`0` original, `e1`… edits,
-    /// `u<part>` unsent part, `deleted`, …), as in the idempotency key.
+    /// The revision of that row this record describes, as in the idempotency key
+    /// `device/guid/revision` (see [`revision`] for the builders):
+    /// - `0`: the row as first sent — a message or reply (edited parts carry their original
+    ///   text, from the edit history), a tapback, a group event, a row-level decode error
+    ///   (whose guid is `rowid-<ROWID>` when the row has none); for an `attachment` record
+    ///   (`table` = `attachment`, `guid` = the attachment's GUID) the file was captured;
+    /// - `p<part>e<n>`: edit `n` (1-based; the `n`-th entry after the original in
+    ///   `message_summary_info.ec[part]`) of part `part`;
+    /// - `e@<apple-ns>`: an edit without history (pre-Ventura rows), keyed by `date_edited`;
+    /// - `p<part>u`: part `part` was unsent;
+    /// - `missing`: an attachment referenced but not on the device (a later `0` record
+    ///   follows if the file arrives); `metadata`: an attachment under `MetadataOnly`;
+    /// - `deleted`: the row disappeared from chat.db (or moved to Recently Deleted).
+    ///
+    /// Every revision is a function of the database content alone, so re-reading the same
+    /// state yields the same keys.
     pub revision: String,
     /// The Messages service: `iMessage`, `SMS`, `RCS`, `iMessageLite`, or what the row said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -443,6 +457,33 @@ impl ArchiveRecord {
 /// Builds the idempotency key `device/guid/revision`.
 pub fn idempotency_key(device: &str, guid: &str, revision: &str) -> String {
     format!("{device}/{guid}/{revision}")
+}
+
+/// Builders of [`SourceRef::revision`] values.
+pub mod revision {
+    /// A row as first sent; a captured attachment.
+    pub const ORIGINAL: &str = "0";
+    /// A row that disappeared.
+    pub const DELETED: &str = "deleted";
+    /// An attachment whose file is not on the device.
+    pub const MISSING: &str = "missing";
+    /// An attachment under the `MetadataOnly` policy.
+    pub const METADATA: &str = "metadata";
+
+    /// Edit `n` (≥ 1) of `part`.
+    pub fn edit(part: u32, n: u32) -> String {
+        format!("p{part}e{n}")
+    }
+
+    /// An edit without history, at `date_edited` (Apple-epoch nanoseconds).
+    pub fn edit_without_history(date_edited_ns: i64) -> String {
+        format!("e@{date_edited_ns}")
+    }
+
+    /// The unsend of `part`.
+    pub fn unsend(part: u32) -> String {
+        format!("p{part}u")
+    }
 }
 
 /// The stable conversation id for a chat GUID.

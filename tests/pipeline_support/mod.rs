@@ -86,3 +86,83 @@ pub fn verify_archive(root: &Path) -> (Output, Value) {
         .unwrap_or_else(|e| panic!("verify printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     (out, summary)
 }
+
+/// A free loopback address (`127.0.0.1:PORT`).
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("local addr").to_string()
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body); None when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Send SIGTERM to a child.
+pub fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM failed");
+}
+
+/// Check an archive against the simulator's manifest: every simulated event archived exactly
+/// once (events of rows deleted before the agent could read them may be absent, and then no
+/// deletion record may claim them), nothing archived that was not simulated, and every line
+/// valid against the record schema. Returns the number of records.
+pub fn assert_archive_matches_manifest(root: &Path, device: &str, manifest: &capturefleet::device::Manifest) -> usize {
+    let validator = record_validator();
+    let lines = archived_lines(root, device);
+    for line in &lines {
+        let errors = schema_errors(&validator, line);
+        assert!(errors.is_empty(), "record violates docs/record.schema.json: {errors:?}");
+    }
+    let records: Vec<ArchiveRecord> = lines.iter().map(|l| ArchiveRecord::from_json(l).unwrap()).collect();
+    let counts = key_counts(&records);
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(k, _)| k.clone()).collect();
+    assert!(
+        duplicated.is_empty(),
+        "archived more than once: {:?}",
+        &duplicated[..duplicated.len().min(10)]
+    );
+    let deleted: std::collections::HashSet<&str> = manifest.deleted.iter().map(String::as_str).collect();
+    let mut missing = Vec::new();
+    let mut expected = std::collections::HashSet::new();
+    for event in &manifest.events {
+        let key = format!("{device}/{}", event.key());
+        if !counts.contains_key(&key) && !deleted.contains(event.guid.as_str()) {
+            missing.push(key.clone());
+        }
+        expected.insert(key);
+    }
+    assert!(
+        missing.is_empty(),
+        "{} simulated events never archived, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let unexpected: Vec<_> = records
+        .iter()
+        .filter(|r| !expected.contains(&r.idempotency_key))
+        .filter(|r| !(r.source.revision == "deleted" && deleted.contains(r.source.guid.as_str())))
+        .map(|r| r.idempotency_key.clone())
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "archived events the simulator never wrote: {:?}",
+        &unexpected[..unexpected.len().min(10)]
+    );
+    records.len()
+}

@@ -336,3 +336,133 @@ async fn a_full_spool_pauses_reading_and_drops_nothing() {
     );
     assert!(spool.backlog_bytes() < 200_000 + 100 * 2_000);
 }
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn free_loopback_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_follow_capture_and_sink_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = Arc::new(StdMutex::new(drafts(300, tmp.path(), 0)));
+    let addr = free_loopback_port();
+    let mut settings = settings(tmp.path(), &["archive", "down"]);
+    settings.until_idle = false;
+    settings.http_listen = Some(addr.clone());
+    settings.delivery.unhealthy_after = 2;
+    let down = Arc::new(DownSink {
+        name: "down".into(),
+        permanent: false,
+        attempts: AtomicUsize::new(0),
+    });
+    let sinks: Vec<Arc<dyn Sink>> = vec![fs_sink("archive", &tmp.path().join("archive")), down.clone()];
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(settings, source(&list), sinks, shutdown.clone()));
+
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(Ok((200, body))) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::spawn(http_get_owned(addr.clone(), "/metrics")),
+        )
+        .await
+        else {
+            continue;
+        };
+        metrics = body;
+        if metrics.contains("capture_records_delivered_total{sink=\"archive\"} 300")
+            && down.attempts.load(Ordering::SeqCst) >= 2
+        {
+            break;
+        }
+    }
+    for expected in [
+        "capture_records_captured_total{kind=\"message\"} 300",
+        "capture_records_delivered_total{sink=\"archive\"} 300",
+        "capture_records_pending{sink=\"archive\"} 0",
+        "capture_records_pending{sink=\"down\"} 300",
+        "capture_delivery_errors_total{class=\"transient\",sink=\"down\"}",
+        "capture_sink_healthy{sink=\"down\"} 0",
+        "capture_chain_sequence 300",
+        "capture_spool_full 0",
+        "capture_last_poll_timestamp_seconds",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+    }
+    assert!(!metrics.contains("+1555"), "no phone numbers in metrics");
+    assert_eq!(http_get(&addr, "/livez").await.0, 200);
+    // Readiness is republished every 250 ms.
+    let (mut status, mut body) = http_get(&addr, "/readyz").await;
+    for _ in 0..20 {
+        if body.contains("transient") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status, body) = http_get(&addr, "/readyz").await;
+    }
+    assert_eq!(status, 503);
+    assert!(body.contains("sink down unhealthy (transient)"), "{body}");
+    shutdown.cancel();
+    let exit = agent.await.unwrap().unwrap();
+    assert_eq!(exit.receipt.pending["down"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_ready_while_capturing_with_healthy_sinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = Arc::new(StdMutex::new(drafts(10, tmp.path(), 0)));
+    let addr = free_loopback_port();
+    let mut settings = settings(tmp.path(), &["archive"]);
+    settings.until_idle = false;
+    settings.http_listen = Some(addr.clone());
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(
+        settings,
+        source(&list),
+        vec![fs_sink("archive", &tmp.path().join("archive"))],
+        shutdown.clone(),
+    ));
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(Ok(r)) = tokio::spawn(http_get_owned(addr.clone(), "/readyz"))
+            .await
+            .map(Ok::<_, ()>)
+        {
+            last = r;
+            if last.0 == 200 {
+                break;
+            }
+        }
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    shutdown.cancel();
+    assert!(agent.await.unwrap().unwrap().receipt.complete);
+}
+
+async fn http_get_owned(addr: String, path: &'static str) -> (u16, String) {
+    match tokio::net::TcpStream::connect(&addr).await {
+        Ok(_) => http_get(&addr, path).await,
+        Err(_) => (0, String::new()),
+    }
+}

@@ -20,6 +20,20 @@ use std::path::PathBuf;
 
 use crate::api::record::ArchiveRecord;
 
+pub mod attachment;
+pub mod bench;
+pub mod build;
+pub mod chat;
+pub mod config;
+pub mod handle;
+pub mod memory_index;
+pub mod message;
+pub mod reader;
+
+pub use config::ReaderConfig;
+pub use memory_index::MemoryIndex;
+pub use reader::ChatDbReader;
+
 /// An unsealed record plus the files that must be captured with it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Draft {
@@ -38,7 +52,8 @@ pub trait ArchiveIndex {
     /// Message GUIDs archived with an event time at or after `since_apple_ns` (nanoseconds
     /// since 2001-01-01) that have no `deletion_detected` record yet, each with the
     /// idempotency key of the latest record archived for it. Used to notice rows that
-    /// disappeared from chat.db.
+    /// disappeared from chat.db. (`source.guid` of records from the `message` table; the
+    /// reader also accepts attachment GUIDs here and checks them against `attachment`.)
     fn live_guids_since(&self, since_apple_ns: i64) -> Vec<(String, String)>;
 
     /// The highest `source.rowid` archived from `table` (0 when none): where reading new rows

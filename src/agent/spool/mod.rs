@@ -135,7 +135,9 @@ pub struct Spool {
     compacted_through: u64,
     max_rowids: HashMap<String, i64>,
     blob_bytes: u64,
-    record_bytes: u64,
+    /// Running total of record JSON bytes through the compaction floor, and through the head.
+    compacted_bytes: u64,
+    head_bytes: u64,
 }
 
 impl Spool {
@@ -171,10 +173,19 @@ impl Spool {
                 .map_err(&err)?;
             }
         }
-        let (seq, hash, compacted_through): (i64, String, i64) = conn
-            .query_row("SELECT seq, hash, compacted_through FROM chain WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+        let (seq, hash, compacted_through, compacted_bytes): (i64, String, i64, i64) = conn
+            .query_row(
+                "SELECT seq, hash, compacted_through, compacted_bytes FROM chain WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(&err)?;
+        let head_bytes: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(cum_bytes), ?1) FROM records",
+                [compacted_bytes],
+                |r| r.get(0),
+            )
             .map_err(&err)?;
         let mut max_rowids = HashMap::new();
         {
@@ -190,9 +201,6 @@ impl Spool {
         let blob_bytes: i64 = conn
             .query_row("SELECT COALESCE(SUM(size), 0) FROM blobs", [], |r| r.get(0))
             .map_err(&err)?;
-        let record_bytes: i64 = conn
-            .query_row("SELECT COALESCE(SUM(length(json)), 0) FROM records", [], |r| r.get(0))
-            .map_err(&err)?;
         let blobs = BlobStore::new(dir);
         blobs.remove_temporaries();
         drop(err);
@@ -206,7 +214,8 @@ impl Spool {
             compacted_through: compacted_through as u64,
             max_rowids,
             blob_bytes: blob_bytes as u64,
-            record_bytes: record_bytes as u64,
+            compacted_bytes: compacted_bytes as u64,
+            head_bytes: head_bytes as u64,
         })
     }
 
@@ -303,7 +312,7 @@ impl Spool {
     /// is what `spool_max_bytes` bounds (the permanent key index, tens of bytes per record
     /// ever captured, is not compactable and is not counted).
     pub fn backlog_bytes(&self) -> u64 {
-        self.record_bytes + self.blob_bytes
+        self.head_bytes.saturating_sub(self.compacted_bytes) + self.blob_bytes
     }
 
     /// Seal and durably commit a batch of drafts (see the module docs). Drafts already
@@ -361,7 +370,7 @@ impl Spool {
         let mut rowids: HashMap<String, i64> = HashMap::new();
         let mut seq_of_draft: Vec<Option<u64>> = vec![None; drafts.len()];
         let mut new_blob_bytes = 0u64;
-        let mut new_record_bytes = 0u64;
+        let mut cum_bytes = self.head_bytes;
         {
             let tx = self.conn.transaction().map_err(&err)?;
             {
@@ -369,7 +378,7 @@ impl Spool {
                     .prepare_cached("INSERT INTO keys(key, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
                     .map_err(&err)?;
                 let mut insert_record = tx
-                    .prepare_cached("INSERT INTO records(seq, json) VALUES (?1, ?2)")
+                    .prepare_cached("INSERT INTO records(seq, cum_bytes, json) VALUES (?1, ?2, ?3)")
                     .map_err(&err)?;
                 let mut upsert_live = tx
                     .prepare_cached(
@@ -391,9 +400,11 @@ impl Spool {
                         continue;
                     }
                     let json = seal_canonical(record, seq, head.next_prev_hash());
-                    insert_record.execute(params![seq as i64, json]).map_err(&err)?;
-                    new_record_bytes += json.len() as u64;
-                    if record.source.table == "message" {
+                    cum_bytes += json.len() as u64;
+                    insert_record
+                        .execute(params![seq as i64, cum_bytes as i64, json])
+                        .map_err(&err)?;
+                    if record.source.table == "message" || record.source.table == "attachment" {
                         if record.kind == RecordKind::DeletionDetected {
                             delete_live.execute([&record.source.guid]).map_err(&err)?;
                         } else {
@@ -462,7 +473,7 @@ impl Spool {
         // 3. Only now does the in-memory state (and so the reader's view) move.
         self.head = head;
         self.blob_bytes += new_blob_bytes;
-        self.record_bytes += new_record_bytes;
+        self.head_bytes = cum_bytes;
         for (table, rowid) in rowids {
             let max = self.max_rowids.entry(table).or_insert(0);
             *max = (*max).max(rowid);
@@ -483,12 +494,10 @@ impl Spool {
         }
         let err = db_err(&self.db_path);
         let tx = self.conn.transaction().map_err(&err)?;
-        let freed: i64 = tx
-            .query_row(
-                "SELECT COALESCE(SUM(length(json)), 0) FROM records WHERE seq > ?1 AND seq <= ?2",
-                params![self.compacted_through as i64, upto as i64],
-                |r| r.get(0),
-            )
+        let cum_at_floor: i64 = tx
+            .query_row("SELECT cum_bytes FROM records WHERE seq = ?1", [upto as i64], |r| {
+                r.get(0)
+            })
             .map_err(&err)?;
         let deleted = tx
             .execute(
@@ -505,11 +514,14 @@ impl Spool {
                 .map_err(&err)?;
             rows.collect::<Result<_, _>>().map_err(&err)?
         };
-        tx.execute("UPDATE chain SET compacted_through = ?1 WHERE id = 1", [upto as i64])
-            .map_err(&err)?;
+        tx.execute(
+            "UPDATE chain SET compacted_through = ?1, compacted_bytes = ?2 WHERE id = 1",
+            params![upto as i64, cum_at_floor],
+        )
+        .map_err(&err)?;
         tx.commit().map_err(&err)?;
         self.compacted_through = upto;
-        self.record_bytes = self.record_bytes.saturating_sub(freed as u64);
+        self.compacted_bytes = cum_at_floor as u64;
         for (sha256, size) in gone {
             self.blob_bytes = self.blob_bytes.saturating_sub(size as u64);
             if let Err(source) = self.blobs.remove(&sha256) {

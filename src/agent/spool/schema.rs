@@ -10,7 +10,9 @@ pub const SCHEMA_VERSION: &str = "1";
 /// File name of the spool database inside the spool directory.
 pub const DB_FILE: &str = "spool.sqlite";
 
-/// Tables: the stored records (`records`, compacted once every sink has them), the exact
+/// Tables: the stored records (`records`, compacted once every sink has them; `cum_bytes` is
+/// the running total of JSON bytes up to the record, so the backlog's size is a subtraction),
+/// the exact
 /// idempotency keys ever chained (`keys`, never compacted: they make re-reads exactly-once),
 /// the live message GUIDs for deletion detection (`live`), the highest source row ids
 /// (`rowids`), the captured attachment files (`blobs`), the chain head (`chain`, one row) and
@@ -21,16 +23,17 @@ CREATE TABLE IF NOT EXISTS chain(
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,
     hash TEXT NOT NULL,
-    compacted_through INTEGER NOT NULL
+    compacted_through INTEGER NOT NULL,
+    compacted_bytes INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, cum_bytes INTEGER NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys(key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS live(guid TEXT PRIMARY KEY, key TEXT NOT NULL, event_ns INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS live_by_event ON live(event_ns);
 CREATE TABLE IF NOT EXISTS rowids(src_table TEXT PRIMARY KEY, max_rowid INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs(sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, last_seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors(sink TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-INSERT OR IGNORE INTO chain(id, seq, hash, compacted_through) VALUES (1, 0, '', 0);
+INSERT OR IGNORE INTO chain(id, seq, hash, compacted_through, compacted_bytes) VALUES (1, 0, '', 0, 0);
 ";
 
 /// Durability settings every connection uses: WAL with a full fsync at each commit, so a
@@ -43,6 +46,7 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // Keep the WAL file from growing without bound between checkpoints.
     conn.pragma_update(None, "journal_size_limit", 64i64 * 1024 * 1024)?;
     conn.pragma_update(None, "foreign_keys", false)?;
+    conn.pragma_update(None, "cache_size", -8192i64)?; // 8 MiB of pages per connection
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())
 }

@@ -1,0 +1,307 @@
+//! The `message` table: one row per message, tapback, group event or other system item. Rows
+//! are read tolerantly (a column of an unexpected type becomes a decode error on the record,
+//! never a failed poll or a dropped row).
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Row};
+
+use super::SourceError;
+
+/// The columns the reader uses, in this order (with the chat the message is in).
+pub const COLUMNS: &str = "m.ROWID, m.guid, m.text, m.attributedBody, m.service, m.handle_id, \
+     m.destination_caller_id, m.account, m.subject, m.date, m.date_edited, m.date_retracted, m.is_from_me, \
+     m.item_type, m.group_title, m.group_action_type, m.other_handle, m.associated_message_guid, \
+     m.associated_message_type, m.associated_message_emoji, m.thread_originator_guid, m.thread_originator_part, \
+     m.message_summary_info, m.cache_has_attachments, \
+     (SELECT j.chat_id FROM chat_message_join j WHERE j.message_id = m.ROWID ORDER BY j.chat_id LIMIT 1)";
+
+/// A column that could not be read as the type the reader expects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnError {
+    /// The column.
+    pub column: &'static str,
+    /// What was wrong.
+    pub error: String,
+    /// The raw value's bytes (text or blob), if any.
+    pub raw: Vec<u8>,
+}
+
+/// One `message` row.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MessageRow {
+    /// `ROWID`.
+    pub rowid: i64,
+    /// `guid` (None when NULL or empty: such a row becomes a decode-error record).
+    pub guid: Option<String>,
+    /// `text`.
+    pub text: Option<String>,
+    /// `attributedBody`.
+    pub attributed_body: Option<Vec<u8>>,
+    /// `service`.
+    pub service: Option<String>,
+    /// `handle_id`.
+    pub handle_id: i64,
+    /// `destination_caller_id`.
+    pub destination_caller_id: Option<String>,
+    /// `account`.
+    pub account: Option<String>,
+    /// `subject`.
+    pub subject: Option<String>,
+    /// `date` (raw).
+    pub date: i64,
+    /// `date_edited` (raw).
+    pub date_edited: i64,
+    /// `date_retracted` (raw).
+    pub date_retracted: i64,
+    /// `is_from_me`.
+    pub is_from_me: bool,
+    /// `item_type`.
+    pub item_type: i64,
+    /// `group_title`.
+    pub group_title: Option<String>,
+    /// `group_action_type`.
+    pub group_action_type: i64,
+    /// `other_handle`.
+    pub other_handle: i64,
+    /// `associated_message_guid`.
+    pub associated_message_guid: Option<String>,
+    /// `associated_message_type`.
+    pub associated_message_type: i64,
+    /// `associated_message_emoji`.
+    pub associated_message_emoji: Option<String>,
+    /// `thread_originator_guid`.
+    pub thread_originator_guid: Option<String>,
+    /// `thread_originator_part`.
+    pub thread_originator_part: Option<String>,
+    /// `message_summary_info`.
+    pub summary_info: Option<Vec<u8>>,
+    /// `cache_has_attachments`.
+    pub has_attachments: bool,
+    /// The first chat the message is in (`chat_message_join`), if any.
+    pub chat_id: Option<i64>,
+    /// Columns that could not be read.
+    pub errors: Vec<ColumnError>,
+}
+
+struct Cols<'a, 'r> {
+    row: &'a Row<'r>,
+    errors: Vec<ColumnError>,
+}
+
+impl Cols<'_, '_> {
+    fn raw(v: ValueRef<'_>) -> Vec<u8> {
+        match v {
+            ValueRef::Text(b) | ValueRef::Blob(b) => b.to_vec(),
+            ValueRef::Integer(i) => i.to_string().into_bytes(),
+            ValueRef::Real(f) => f.to_string().into_bytes(),
+            ValueRef::Null => Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, column: &'static str, error: String, v: ValueRef<'_>) {
+        self.errors.push(ColumnError {
+            column,
+            error,
+            raw: Self::raw(v),
+        });
+    }
+
+    fn int(&mut self, i: usize, column: &'static str) -> i64 {
+        match self.row.get_ref(i) {
+            Ok(ValueRef::Integer(n)) => n,
+            Ok(ValueRef::Null) => 0,
+            Ok(ValueRef::Real(f)) => f as i64,
+            Ok(v @ (ValueRef::Text(_) | ValueRef::Blob(_))) => {
+                let parsed = std::str::from_utf8(match v {
+                    ValueRef::Text(b) | ValueRef::Blob(b) => b,
+                    _ => &[],
+                })
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok());
+                match parsed {
+                    Some(n) => n,
+                    None => {
+                        self.fail(column, "expected an integer".into(), v);
+                        0
+                    }
+                }
+            }
+            Err(e) => {
+                self.fail(column, e.to_string(), ValueRef::Null);
+                0
+            }
+        }
+    }
+
+    fn text(&mut self, i: usize, column: &'static str) -> Option<String> {
+        match self.row.get_ref(i) {
+            Ok(ValueRef::Null) => None,
+            Ok(v @ (ValueRef::Text(b) | ValueRef::Blob(b))) => match std::str::from_utf8(b) {
+                Ok(s) => Some(s.to_owned()),
+                Err(e) => {
+                    self.fail(column, format!("not UTF-8: {e}"), v);
+                    Some(String::from_utf8_lossy(b).into_owned())
+                }
+            },
+            Ok(ValueRef::Integer(n)) => Some(n.to_string()),
+            Ok(ValueRef::Real(f)) => Some(f.to_string()),
+            Err(e) => {
+                self.fail(column, e.to_string(), ValueRef::Null);
+                None
+            }
+        }
+    }
+
+    fn blob(&mut self, i: usize, column: &'static str) -> Option<Vec<u8>> {
+        match self.row.get_ref(i) {
+            Ok(ValueRef::Null) => None,
+            Ok(ValueRef::Blob(b) | ValueRef::Text(b)) => Some(b.to_vec()),
+            Ok(v) => {
+                self.fail(column, "expected a blob".into(), v);
+                None
+            }
+            Err(e) => {
+                self.fail(column, e.to_string(), ValueRef::Null);
+                None
+            }
+        }
+    }
+}
+
+impl MessageRow {
+    /// Reads a row selected with [`COLUMNS`].
+    pub fn from_row(row: &Row<'_>) -> Self {
+        let mut c = Cols {
+            row,
+            errors: Vec::new(),
+        };
+        let mut m = MessageRow {
+            rowid: c.int(0, "ROWID"),
+            guid: c.text(1, "guid").filter(|g| !g.is_empty()),
+            text: c.text(2, "text"),
+            attributed_body: c.blob(3, "attributedBody"),
+            service: c.text(4, "service"),
+            handle_id: c.int(5, "handle_id"),
+            destination_caller_id: c.text(6, "destination_caller_id"),
+            account: c.text(7, "account"),
+            subject: c.text(8, "subject"),
+            date: c.int(9, "date"),
+            date_edited: c.int(10, "date_edited"),
+            date_retracted: c.int(11, "date_retracted"),
+            is_from_me: c.int(12, "is_from_me") != 0,
+            item_type: c.int(13, "item_type"),
+            group_title: c.text(14, "group_title"),
+            group_action_type: c.int(15, "group_action_type"),
+            other_handle: c.int(16, "other_handle"),
+            associated_message_guid: c.text(17, "associated_message_guid"),
+            associated_message_type: c.int(18, "associated_message_type"),
+            associated_message_emoji: c.text(19, "associated_message_emoji"),
+            thread_originator_guid: c.text(20, "thread_originator_guid").filter(|g| !g.is_empty()),
+            thread_originator_part: c.text(21, "thread_originator_part"),
+            summary_info: c.blob(22, "message_summary_info"),
+            has_attachments: c.int(23, "cache_has_attachments") != 0,
+            chat_id: None,
+            errors: Vec::new(),
+        };
+        m.chat_id = match row.get_ref(24) {
+            Ok(ValueRef::Integer(n)) => Some(n),
+            _ => None,
+        };
+        m.errors = c.errors;
+        m
+    }
+}
+
+fn query_error(e: rusqlite::Error) -> SourceError {
+    SourceError::Query {
+        table: "message",
+        reason: e.to_string(),
+    }
+}
+
+/// Rows with `ROWID > after`, in ROWID order, at most `limit`.
+pub fn after_rowid(conn: &Connection, after: i64, limit: usize) -> Result<Vec<MessageRow>, SourceError> {
+    let sql = format!("SELECT {COLUMNS} FROM message m WHERE m.ROWID > ?1 ORDER BY m.ROWID LIMIT ?2");
+    let mut stmt = conn.prepare_cached(&sql).map_err(query_error)?;
+    let rows = stmt
+        .query_map(rusqlite::params![after, limit as i64], |r| Ok(MessageRow::from_row(r)))
+        .map_err(query_error)?;
+    rows.collect::<Result<_, _>>().map_err(query_error)
+}
+
+/// Rows that may have changed in place since they were first read: dated at or after
+/// `since_raw` (raw `date` units), with `date_edited` set (edits and unsends), `ROWID` in
+/// `(after, upto]`, in ROWID order, at most `limit`. Edits are only possible within 15
+/// minutes of sending, so the date index bounds the scan.
+pub fn edited_since(
+    conn: &Connection,
+    since_raw: i64,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> Result<Vec<MessageRow>, SourceError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM message m WHERE m.date >= ?1 AND m.ROWID > ?2 AND m.ROWID <= ?3 \
+         AND m.date_edited > 0 ORDER BY m.ROWID LIMIT ?4"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(query_error)?;
+    let rows = stmt
+        .query_map(rusqlite::params![since_raw, after, upto, limit as i64], |r| {
+            Ok(MessageRow::from_row(r))
+        })
+        .map_err(query_error)?;
+    rows.collect::<Result<_, _>>().map_err(query_error)
+}
+
+/// The rows with these ROWIDs (missing ones are left out).
+pub fn by_rowids(conn: &Connection, rowids: &[i64]) -> Result<Vec<MessageRow>, SourceError> {
+    let mut out = Vec::with_capacity(rowids.len());
+    let sql = format!("SELECT {COLUMNS} FROM message m WHERE m.ROWID = ?1");
+    let mut stmt = conn.prepare_cached(&sql).map_err(query_error)?;
+    for id in rowids {
+        let mut rows = stmt.query([id]).map_err(query_error)?;
+        if let Some(r) = rows.next().map_err(query_error)? {
+            out.push(MessageRow::from_row(r));
+        }
+    }
+    Ok(out)
+}
+
+/// Which of `guids` still exist in `table` (`message` or `attachment`).
+/// With `recently_deleted` (the database has `chat_recoverable_message_join`), a message that
+/// moved to Recently Deleted counts as gone.
+pub fn existing_guids(
+    conn: &Connection,
+    table: &'static str,
+    guids: &[&str],
+    recently_deleted: bool,
+) -> Result<std::collections::HashSet<String>, SourceError> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in guids.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        // A message moved to Recently Deleted keeps its row but leaves its chat: deleted.
+        let sql = if table == "message" && recently_deleted {
+            format!(
+                "SELECT guid FROM message m WHERE guid IN ({placeholders}) AND NOT (\
+                 EXISTS (SELECT 1 FROM chat_recoverable_message_join r WHERE r.message_id = m.ROWID) \
+                 AND NOT EXISTS (SELECT 1 FROM chat_message_join j WHERE j.message_id = m.ROWID))"
+            )
+        } else {
+            format!("SELECT guid FROM {table} WHERE guid IN ({placeholders})")
+        };
+        let mut stmt = conn.prepare(&sql).map_err(|e| SourceError::Query {
+            table,
+            reason: e.to_string(),
+        })?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(chunk.iter()), |r| r.get::<_, String>(0))
+            .map_err(|e| SourceError::Query {
+                table,
+                reason: e.to_string(),
+            })?;
+        for g in rows.flatten() {
+            out.insert(g);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,111 @@
+//! The Apple epoch: chat.db stores dates as nanoseconds since 2001-01-01T00:00:00Z (seconds in
+//! databases written before macOS 10.13; edit-history `d` values are seconds as a float).
+
+/// Seconds between the Unix epoch and the Apple epoch (2001-01-01T00:00:00Z).
+pub const APPLE_EPOCH_UNIX_SECONDS: i64 = 978_307_200;
+
+/// Nanoseconds per second.
+pub const NANOS_PER_SECOND: i64 = 1_000_000_000;
+
+/// Raw `date` values whose magnitude is below this are seconds, not nanoseconds: 10^11 seconds
+/// is more than 3,000 years, while 10^11 nanoseconds is under two minutes after the epoch.
+const SECONDS_THRESHOLD: i64 = 100_000_000_000;
+
+/// Normalises a raw chat.db date (nanoseconds on current systems, seconds on old ones) to
+/// nanoseconds since the Apple epoch. Zero stays zero ("no date").
+pub fn normalize_to_ns(raw: i64) -> i64 {
+    if raw != 0 && raw.unsigned_abs() < SECONDS_THRESHOLD as u64 {
+        raw.saturating_mul(NANOS_PER_SECOND)
+    } else {
+        raw
+    }
+}
+
+/// Apple-epoch nanoseconds from an edit-history `d` value (seconds as a float), truncated to
+/// whole seconds as Apple's own tools report them. Non-finite or out-of-range values give None.
+pub fn ns_from_float_seconds(seconds: f64) -> Option<i64> {
+    if !seconds.is_finite() || seconds.abs() > (i64::MAX / NANOS_PER_SECOND) as f64 {
+        return None;
+    }
+    Some((seconds.trunc() as i64) * NANOS_PER_SECOND)
+}
+
+/// Unix nanoseconds for Apple-epoch nanoseconds.
+pub fn apple_ns_to_unix_ns(apple_ns: i64) -> i128 {
+    apple_ns as i128 + APPLE_EPOCH_UNIX_SECONDS as i128 * NANOS_PER_SECOND as i128
+}
+
+/// Apple-epoch nanoseconds for Unix nanoseconds (saturating).
+pub fn unix_ns_to_apple_ns(unix_ns: i128) -> i64 {
+    let ns = unix_ns - APPLE_EPOCH_UNIX_SECONDS as i128 * NANOS_PER_SECOND as i128;
+    ns.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+/// The current time in Apple-epoch nanoseconds, from the system real-time clock.
+pub fn now_apple_ns() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    unix_ns_to_apple_ns(unix)
+}
+
+/// RFC 3339 UTC with nine fractional digits (`2024-01-01T00:00:00.000000000Z`) for
+/// Apple-epoch nanoseconds. Dates outside the proleptic range supported are clamped.
+pub fn rfc3339_from_apple_ns(apple_ns: i64) -> String {
+    rfc3339_from_unix_ns(apple_ns_to_unix_ns(apple_ns))
+}
+
+/// RFC 3339 UTC with nine fractional digits for Unix nanoseconds.
+pub fn rfc3339_from_unix_ns(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(NANOS_PER_SECOND as i128);
+    let nanos = unix_ns.rem_euclid(NANOS_PER_SECOND as i128) as i32;
+    let secs = secs.clamp(
+        jiff::Timestamp::MIN.as_second() as i128,
+        jiff::Timestamp::MAX.as_second() as i128,
+    ) as i64;
+    let ts = jiff::Timestamp::new(secs, 0).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    format!("{}.{nanos:09}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nanoseconds_and_seconds_are_told_apart() {
+        // 2022-11-18 in nanoseconds (a current database) and in seconds (an old one).
+        assert_eq!(normalize_to_ns(690_513_474_000_000_000), 690_513_474_000_000_000);
+        assert_eq!(normalize_to_ns(690_513_474), 690_513_474_000_000_000);
+        assert_eq!(normalize_to_ns(0), 0);
+        assert_eq!(normalize_to_ns(-5), -5_000_000_000);
+    }
+
+    #[test]
+    fn formats_rfc3339_with_nanoseconds() {
+        assert_eq!(rfc3339_from_apple_ns(0), "2001-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_from_apple_ns(690_513_474_272_551_100),
+            "2022-11-19T01:17:54.272551100Z"
+        );
+        assert_eq!(rfc3339_from_apple_ns(-1), "2000-12-31T23:59:59.999999999Z");
+        assert_eq!(rfc3339_from_apple_ns(i64::MAX).len(), 30);
+    }
+
+    #[test]
+    fn float_seconds_truncate() {
+        assert_eq!(
+            ns_from_float_seconds(690_513_474.272_551_1),
+            Some(690_513_474_000_000_000)
+        );
+        assert_eq!(ns_from_float_seconds(f64::NAN), None);
+        assert_eq!(ns_from_float_seconds(1e300), None);
+    }
+
+    #[test]
+    fn unix_round_trip() {
+        let now = now_apple_ns();
+        assert_eq!(unix_ns_to_apple_ns(apple_ns_to_unix_ns(now)), now);
+        assert!(now > 700_000_000_000_000_000, "the clock is after 2023");
+    }
+}
