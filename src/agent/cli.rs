@@ -178,7 +178,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let sinks: Vec<Arc<dyn Sink>> = config
         .sinks
         .iter()
-        .map(|c| factory::build(c).map(Arc::from))
+        .map(|c| factory::build_with_state(c, Some(&factory::state_dir(&config.spool_dir, &c.name))).map(Arc::from))
         .collect::<Result<_, _>>()?;
     let source = open_source(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -199,6 +199,13 @@ pub struct S3Target {
     /// PEM bundle of extra CAs to trust.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Most records in one JSON Lines object; a larger batch is written as several objects.
+    #[serde(default = "default_s3_records_per_object")]
+    pub max_records_per_object: u32,
+}
+
+fn default_s3_records_per_object() -> u32 {
+    1000
 }
 
 /// S3 Object Lock retention for each object written.
@@ -290,6 +297,14 @@ pub struct KafkaTarget {
     /// Directory with `username` and `password` files for SASL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_dir: Option<PathBuf>,
+    /// How long a batch may wait for the brokers (message delivery, transaction commit) before
+    /// the attempt fails and is retried.
+    #[serde(default = "default_kafka_delivery_timeout")]
+    pub delivery_timeout_seconds: u64,
+}
+
+fn default_kafka_delivery_timeout() -> u64 {
+    30
 }
 
 /// Webhook settings.

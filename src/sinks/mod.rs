@@ -17,6 +17,16 @@ use async_trait::async_trait;
 
 use crate::api::record::ArchiveRecord;
 
+pub mod ca;
+pub mod eml;
+pub mod kafka;
+pub mod s3;
+pub mod s3_keys;
+pub mod secret;
+pub mod smtp;
+pub mod smtp_day;
+pub mod webhook;
+
 /// A sealed record as stored in the spool: the parsed record and its exact stored bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpooledRecord {
@@ -84,5 +94,13 @@ pub trait Sink: Send + Sync {
     /// Flush anything the sink buffers (e.g. per-conversation-day EMLs) before a drain ends.
     async fn flush(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    /// Records this sink acknowledged but holds in its own durable buffer, not yet in the
+    /// archive (SMTP per-conversation-day journals them until the day is over). A drain is only
+    /// complete when this is 0 after `flush`; the drain receipt and the pending gauge should
+    /// count these as pending.
+    async fn buffered(&self) -> Result<u64, SinkError> {
+        Ok(0)
     }
 }
