@@ -67,6 +67,8 @@ pub enum DeviceCommand {
 pub enum BenchCommand {
     /// chat.db reader throughput (a backfill into an empty archive).
     Reader(crate::agent::source::bench::BenchReaderArgs),
+    /// The operator at fleet scale on the local control plane (see scripts/bench-fleet).
+    Fleet(crate::bench::fleet::BenchFleetArgs),
 }
 
 /// `capturefleet archive …`
@@ -106,6 +108,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench {
             command: BenchCommand::Reader(args),
         } => crate::agent::source::bench::run(args),
+        Command::Bench {
+            command: BenchCommand::Fleet(args),
+        } => crate::bench::fleet::run(args),
     };
     match result {
         Ok(code) => code,

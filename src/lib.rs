@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod apple;
 pub mod archive;
+pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod operator;

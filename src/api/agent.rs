@@ -204,7 +204,8 @@ pub struct S3Target {
     pub max_records_per_object: u32,
 }
 
-fn default_s3_records_per_object() -> u32 {
+/// Default of [`S3Target::max_records_per_object`].
+pub fn default_s3_records_per_object() -> u32 {
     1000
 }
 
@@ -303,7 +304,8 @@ pub struct KafkaTarget {
     pub delivery_timeout_seconds: u64,
 }
 
-fn default_kafka_delivery_timeout() -> u64 {
+/// Default of [`KafkaTarget::delivery_timeout_seconds`].
+pub fn default_kafka_delivery_timeout() -> u64 {
     30
 }
 

@@ -151,6 +151,7 @@ pub fn render_spec(name: &str, spec: &ArchiveSinkSpec) -> SinkMount {
             }),
             credentials_dir,
             ca_file: ca_file(&s3.ca_bundle, &mut out),
+            max_records_per_object: crate::api::agent::default_s3_records_per_object(),
         })
     } else if let Some(smtp) = &spec.smtp {
         let credentials_dir = smtp.credentials_secret_ref.as_ref().map(|s| {
@@ -197,6 +198,7 @@ pub fn render_spec(name: &str, spec: &ArchiveSinkSpec) -> SinkMount {
                     .unwrap_or_default()
             }),
             credentials_dir,
+            delivery_timeout_seconds: crate::api::agent::default_kafka_delivery_timeout(),
         })
     } else if let Some(hook) = &spec.webhook {
         let vname = volume_name(name, "hmac");
