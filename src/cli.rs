@@ -60,6 +60,8 @@ pub enum Command {
 pub enum DeviceCommand {
     /// Write a realistic chat.db in Apple's schema (bulk history or live).
     Simulate(crate::device::cli::SimulateArgs),
+    /// Exec probe of the simulated device runtime (startup: `booted`; readiness: `signed-in`).
+    Probe(crate::device::runtime::ProbeArgs),
 }
 
 /// `capturefleet bench …`
@@ -101,6 +103,9 @@ pub fn run(cli: Cli) -> ExitCode {
             logging::init(LogFormat::Text);
             crate::device::cli::run(args)
         }
+        Command::Device {
+            command: DeviceCommand::Probe(args),
+        } => crate::device::runtime::probe(args),
         Command::Archive {
             command: ArchiveCommand::Verify(args),
         } => crate::archive::cli::run(args),

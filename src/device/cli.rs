@@ -41,6 +41,13 @@ pub struct SimulateArgs {
     /// Write a JSON manifest of every event (kind, GUID, revision, text) here on exit.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
+    /// Play a device runtime: record `booted` in this directory once the database is written,
+    /// and `signed-in` after `--sign-in-after` (what `capturefleet device probe` checks).
+    #[arg(long, env = "CAPTUREFLEET_DEVICE_STATE")]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds after boot at which the simulated employee signs in (with `--state-dir`).
+    #[arg(long, default_value_t = 0)]
+    pub sign_in_after: u64,
 }
 
 /// Run the simulator.
@@ -59,6 +66,18 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         db = %sim.chat_db().display(),
         "history written"
     );
+    if let Some(state_dir) = &args.state_dir {
+        super::runtime::mark(state_dir, super::runtime::DeviceState::Booted)
+            .with_context(|| format!("recording the booted state in {}", state_dir.display()))?;
+        let state_dir = state_dir.clone();
+        let after = Duration::from_secs(args.sign_in_after);
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            if let Err(error) = super::runtime::mark(&state_dir, super::runtime::DeviceState::SignedIn) {
+                tracing::error!(%error, "could not record the signed-in state");
+            }
+        });
+    }
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
         live(&mut sim, rate, args.duration.map(Duration::from_secs))?;

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod content;
 pub mod manifest;
+pub mod runtime;
 pub mod sim;
 
 pub use manifest::{Manifest, ManifestEvent};
