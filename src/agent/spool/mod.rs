@@ -150,7 +150,7 @@ impl Spool {
         let db_path = dir.join(schema::DB_FILE);
         let err = db_err(&db_path);
         let conn = Connection::open(&db_path).map_err(&err)?;
-        schema::configure(&conn).map_err(&err)?;
+        schema::configure(&conn, 4096).map_err(&err)?;
         schema::create(&conn).map_err(&err)?;
         let stored: Option<String> = conn
             .query_row("SELECT v FROM meta WHERE k = 'device'", [], |r| r.get(0))

@@ -25,7 +25,7 @@ impl SpoolReader {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(&err)?;
-        schema::configure(&conn).map_err(&err)?;
+        schema::configure(&conn, 1024).map_err(&err)?;
         drop(err);
         Ok(SpoolReader {
             conn,

@@ -39,14 +39,16 @@ INSERT OR IGNORE INTO chain(id, seq, hash, compacted_through, compacted_bytes) V
 /// Durability settings every connection uses: WAL with a full fsync at each commit, so a
 /// transaction whose commit returned survives a crash or power cut, and a torn (uncommitted)
 /// tail of the WAL is discarded by SQLite's frame checksums on the next open.
-pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+///
+/// `cache_kib` is the page cache of this connection (the writer gets more than the readers).
+pub fn configure(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Keep the WAL file from growing without bound between checkpoints.
     conn.pragma_update(None, "journal_size_limit", 64i64 * 1024 * 1024)?;
     conn.pragma_update(None, "foreign_keys", false)?;
-    conn.pragma_update(None, "cache_size", -8192i64)?; // 8 MiB of pages per connection
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     // Checkpoint every ~32 MiB of WAL instead of 4 MiB: fewer checkpoint fsyncs on backfills.
     conn.pragma_update(None, "wal_autocheckpoint", 8192i64)?;
     conn.set_prepared_statement_cache_capacity(32);
