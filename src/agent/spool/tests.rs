@@ -22,9 +22,7 @@ fn append_chains_from_one_and_survives_reopen() {
     let tmp = tempfile::tempdir().unwrap();
     let mut spool = Spool::open(tmp.path(), "dev-a").unwrap();
     assert_eq!(spool.head().seq, 0);
-    let out = spool
-        .append(&mut [draft("G1", "0", 1), draft("G2", "0", 2)])
-        .unwrap();
+    let out = spool.append(&mut [draft("G1", "0", 1), draft("G2", "0", 2)]).unwrap();
     assert_eq!(out.appended.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 2]);
     let head = spool.head().clone();
     drop(spool);
@@ -52,16 +50,10 @@ fn duplicate_keys_are_dropped_within_and_across_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let mut spool = Spool::open(tmp.path(), "dev-a").unwrap();
     let out = spool
-        .append(&mut [
-            draft("G1", "0", 1),
-            draft("G1", "0", 1),
-            draft("G1", "e1", 1),
-        ])
+        .append(&mut [draft("G1", "0", 1), draft("G1", "0", 1), draft("G1", "e1", 1)])
         .unwrap();
     assert_eq!((out.appended.len(), out.duplicates), (2, 1));
-    let out = spool
-        .append(&mut [draft("G1", "0", 1), draft("G2", "0", 2)])
-        .unwrap();
+    let out = spool.append(&mut [draft("G1", "0", 1), draft("G2", "0", 2)]).unwrap();
     assert_eq!((out.appended.len(), out.duplicates), (1, 1));
     assert_eq!(out.appended[0].seq, 3, "no gap after a dropped duplicate");
 }
