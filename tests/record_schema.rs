@@ -115,11 +115,14 @@ fn every_kind_of_record_validates() {
     }
 }
 
+/// A way of breaking a valid record.
+type Breaker = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn broken_records_are_refused() {
     let validator = record_validator();
     let good: Value = serde_json::from_str(&every_kind()[1]).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, Breaker)> = vec![
         (
             "unsealed",
             Box::new(|v| {

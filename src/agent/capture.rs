@@ -136,6 +136,7 @@ impl CaptureLoop {
             if self.stop_requested() {
                 break;
             }
+            let poll_started = Instant::now();
             let mut drafts = match unsaved.take() {
                 Some(drafts) => drafts,
                 None => match self.source.poll(&self.spool, self.settings.batch_limit) {
@@ -166,6 +167,8 @@ impl CaptureLoop {
             }
 
             // Make them durable.
+            let poll_ms = poll_started.elapsed().as_millis() as u64;
+            let commit_started = Instant::now();
             let span = tracing::info_span!("commit", drafts = read);
             let _enter = span.enter();
             match self.spool.append(&mut drafts) {
@@ -188,7 +191,13 @@ impl CaptureLoop {
                         self.status.set_idle(head.seq);
                     }
                     if !outcome.appended.is_empty() {
-                        tracing::debug!(appended = outcome.appended.len(), head = head.seq, "records committed");
+                        tracing::debug!(
+                            appended = outcome.appended.len(),
+                            head = head.seq,
+                            poll_ms,
+                            commit_ms = commit_started.elapsed().as_millis() as u64,
+                            "records committed"
+                        );
                         self.head_tx.send_replace(head);
                     }
                     if !full_page && outcome.appended.is_empty() && self.wait(self.settings.poll_interval) {

@@ -36,8 +36,8 @@ pub struct DeliverySettings {
 impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
-            batch_records: 4000,
-            batch_bytes: 8 << 20,
+            batch_records: 2000,
+            batch_bytes: 4 << 20,
             backoff: Backoff::default(),
             unhealthy_after: 3,
             probe_interval: Duration::from_secs(10),

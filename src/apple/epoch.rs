@@ -59,13 +59,35 @@ pub fn rfc3339_from_apple_ns(apple_ns: i64) -> String {
 /// RFC 3339 UTC with nine fractional digits for Unix nanoseconds.
 pub fn rfc3339_from_unix_ns(unix_ns: i128) -> String {
     let secs = unix_ns.div_euclid(NANOS_PER_SECOND as i128);
-    let nanos = unix_ns.rem_euclid(NANOS_PER_SECOND as i128) as i32;
+    let nanos = unix_ns.rem_euclid(NANOS_PER_SECOND as i128) as u32;
     let secs = secs.clamp(
         jiff::Timestamp::MIN.as_second() as i128,
         jiff::Timestamp::MAX.as_second() as i128,
     ) as i64;
-    let ts = jiff::Timestamp::new(secs, 0).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    format!("{}.{nanos:09}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"))
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    )
+}
+
+/// Proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (the well-known
+/// era-based conversion; exact for every day jiff's range holds).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 #[cfg(test)]
@@ -90,6 +112,20 @@ mod tests {
         );
         assert_eq!(rfc3339_from_apple_ns(-1), "2000-12-31T23:59:59.999999999Z");
         assert_eq!(rfc3339_from_apple_ns(i64::MAX).len(), 30);
+    }
+
+    #[test]
+    fn civil_dates_match_jiff_over_centuries() {
+        let mut secs = -300_000_000_000i64;
+        while secs < 250_000_000_000 {
+            let ours = rfc3339_from_unix_ns(secs as i128 * 1_000_000_000);
+            let theirs = jiff::Timestamp::new(secs, 0)
+                .unwrap()
+                .strftime("%Y-%m-%dT%H:%M:%S.000000000Z")
+                .to_string();
+            assert_eq!(ours, theirs);
+            secs += 86_400 * 97 + 3_601;
+        }
     }
 
     #[test]

@@ -289,8 +289,8 @@ fn write_batch(
     }
     dirs_to_sync.sort();
     dirs_to_sync.dedup();
-    for dir in &dirs_to_sync {
-        sync_dir(dir)?;
+    for synced in parallel_map(&dirs_to_sync, |d| sync_dir(d)) {
+        synced?;
     }
 
     // Pass 2: append lines, starting new segments as needed, then fsync.

@@ -483,3 +483,178 @@ fn row_decode_error(stamp: &Stamp<'_>, row: &MessageRow, date_ns: i64, service: 
         files: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::record::DeviceInfo;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/apple")
+            .join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn stamp(device: &DeviceInfo) -> Stamp<'_> {
+        Stamp {
+            device,
+            captured_at: "2026-01-01T00:00:00.000000000Z".into(),
+            now_apple_ns: 0,
+        }
+    }
+
+    fn device() -> DeviceInfo {
+        DeviceInfo {
+            name: "dev".into(),
+            agent_version: "0.1.0".into(),
+            ..Default::default()
+        }
+    }
+
+    fn ctx() -> RowContext {
+        RowContext {
+            conversation: None,
+            handle: Some("+15550100".into()),
+            other_handle: Some("+15550111".into()),
+            attachments: Vec::new(),
+        }
+    }
+
+    fn row(guid: &str) -> MessageRow {
+        MessageRow {
+            rowid: 7,
+            guid: Some(guid.into()),
+            service: Some("iMessage".into()),
+            date: 690_513_474_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn edited_message_keeps_the_original_and_emits_every_revision() {
+        let d = device();
+        let mut r = row("G-EDIT");
+        r.attributed_body = Some(fixture("AttributedBodyTextOnly"));
+        r.summary_info = Some(fixture("Edited.plist"));
+        r.date_edited = 690_513_494_000_000_000;
+        let drafts = row_drafts(&stamp(&d), &r, ctx());
+        let keys: Vec<&str> = drafts.iter().map(|d| d.record.idempotency_key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["dev/G-EDIT/0", "dev/G-EDIT/p0e1", "dev/G-EDIT/p0e2", "dev/G-EDIT/p0e3"]
+        );
+        let body = drafts[0].record.body.as_ref().unwrap();
+        assert_eq!(body.text, "First message  ", "the message record carries the original");
+        let edits: Vec<(i64, &str)> = drafts[1..]
+            .iter()
+            .map(|d| {
+                (
+                    d.record.event_time_apple_ns,
+                    d.record.edit.as_ref().unwrap().text.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            edits,
+            [
+                (690_513_480_000_000_000, "Edit 1"),
+                (690_513_485_000_000_000, "Edit 2"),
+                (690_513_494_000_000_000, "Edited message")
+            ]
+        );
+        assert_eq!(
+            drafts[3].record.edit.as_ref().unwrap().original_text.as_deref(),
+            Some("First message  ")
+        );
+        assert_eq!(
+            drafts[1].record.sender.as_ref().unwrap().handle.as_deref(),
+            Some("+15550100")
+        );
+    }
+
+    #[test]
+    fn unsent_message_yields_an_unsend_record() {
+        let d = device();
+        let mut r = row("G-UNSENT");
+        r.summary_info = Some(fixture("Deleted.plist"));
+        r.date_edited = 690_513_500_000_000_000;
+        r.is_from_me = true;
+        let drafts = row_drafts(&stamp(&d), &r, ctx());
+        assert_eq!(drafts.len(), 2);
+        assert_eq!(drafts[0].record.kind, RecordKind::Message);
+        assert!(drafts[0].record.body.is_none(), "the text is gone from the row");
+        assert_eq!(drafts[1].record.kind, RecordKind::Unsend);
+        assert_eq!(drafts[1].record.idempotency_key, "dev/G-UNSENT/p0u");
+        assert_eq!(drafts[1].record.event_time_apple_ns, 690_513_500_000_000_000);
+        assert_eq!(drafts[1].record.direction, Some(Direction::Outbound));
+    }
+
+    #[test]
+    fn multipart_body_keeps_parts_and_attachment_guids() {
+        let d = device();
+        let mut r = row("G-MULTI");
+        r.attributed_body = Some(fixture("MultiPart"));
+        let drafts = row_drafts(&stamp(&d), &r, ctx());
+        let body = drafts[0].record.body.as_ref().unwrap();
+        assert_eq!(body.origin, "attributedBody");
+        assert_eq!(body.parts.len(), 6);
+        assert_eq!(
+            body.parts[4].attachment_guid.as_deref(),
+            Some("at_4_F0668F79-20C2-49C9-A87F-1B007ABB0CED")
+        );
+    }
+
+    #[test]
+    fn tapbacks_and_group_events() {
+        let d = device();
+        let mut r = row("G-TAP");
+        r.associated_message_type = 2006;
+        r.associated_message_guid = Some("p:1/TARGET".into());
+        r.associated_message_emoji = Some("🦄".into());
+        let t = &row_drafts(&stamp(&d), &r, ctx())[0].record;
+        assert_eq!(t.kind, RecordKind::ReactionAdded);
+        let info = t.reaction.as_ref().unwrap();
+        assert_eq!(
+            (info.reaction.as_str(), info.target_guid.as_str(), info.target_part),
+            ("emoji", "TARGET", Some(1))
+        );
+        assert_eq!(info.emoji.as_deref(), Some("🦄"));
+
+        let mut r = row("G-UNTAP");
+        r.associated_message_type = 3007;
+        r.associated_message_guid = Some("bp:TARGET".into());
+        let t = &row_drafts(&stamp(&d), &r, ctx())[0].record;
+        assert_eq!(t.kind, RecordKind::ReactionRemoved);
+        assert_eq!(t.reaction.as_ref().unwrap().reaction, "sticker");
+        assert_eq!(t.reaction.as_ref().unwrap().target_part, None);
+
+        let mut r = row("G-ADD");
+        r.item_type = 1;
+        r.group_action_type = 0;
+        let g = &row_drafts(&stamp(&d), &r, ctx())[0].record;
+        assert_eq!(g.kind, RecordKind::GroupMemberAdded);
+        assert_eq!(g.group_event.as_ref().unwrap().member.as_deref(), Some("+15550111"));
+
+        let mut r = row("G-NAME");
+        r.item_type = 2;
+        r.group_title = Some("Deal team".into());
+        let g = &row_drafts(&stamp(&d), &r, ctx())[0].record;
+        assert_eq!(g.kind, RecordKind::GroupRenamed);
+        assert_eq!(g.group_event.as_ref().unwrap().new_name.as_deref(), Some("Deal team"));
+    }
+
+    #[test]
+    fn replies_point_at_their_thread() {
+        let d = device();
+        let mut r = row("G-REPLY");
+        r.text = Some("sure".into());
+        r.thread_originator_guid = Some("ROOT".into());
+        r.thread_originator_part = Some("0:0:5".into());
+        let rec = &row_drafts(&stamp(&d), &r, ctx())[0].record;
+        assert_eq!(rec.kind, RecordKind::Reply);
+        assert_eq!(rec.reply_to.as_ref().unwrap().originator_guid, "ROOT");
+        assert_eq!(rec.body.as_ref().unwrap().origin, "text");
+        assert_eq!(rec.event_time, "2022-11-19T01:17:54.000000000Z");
+    }
+}

@@ -303,7 +303,13 @@ impl ChatDbReader {
             };
             let handle = self.handles.id(conn, row.handle_id)?;
             let other_handle = self.handles.id(conn, row.other_handle)?;
-            let attachments = if row.has_attachments || row.attributed_body.is_some() {
+            // Messages sets cache_has_attachments; a body showing an attachment (U+FFFC) is
+            // checked too, in case a row lacks the flag.
+            let shows_attachment = row
+                .attributed_body
+                .as_deref()
+                .is_some_and(|b| b.windows(3).any(|w| w == "\u{FFFC}".as_bytes()));
+            let attachments = if row.has_attachments || shows_attachment {
                 attachment::for_message(conn, row.rowid)?
                     .into_iter()
                     .map(|a| attachment::capture(a, &messages_dir, policy))

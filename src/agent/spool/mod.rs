@@ -149,8 +149,8 @@ impl Spool {
         })?;
         let db_path = dir.join(schema::DB_FILE);
         let err = db_err(&db_path);
-        let conn = Connection::open(&db_path).map_err(&err)?;
-        schema::configure(&conn).map_err(&err)?;
+        let mut conn = Connection::open(&db_path).map_err(&err)?;
+        schema::configure(&mut conn, 4096).map_err(&err)?;
         schema::create(&conn).map_err(&err)?;
         let stored: Option<String> = conn
             .query_row("SELECT v FROM meta WHERE k = 'device'", [], |r| r.get(0))
@@ -321,6 +321,7 @@ impl Spool {
     /// The drafts are sealed in place; after an error the same slice can be passed again.
     pub fn append(&mut self, drafts: &mut [Draft]) -> Result<AppendOutcome, SpoolError> {
         let mut outcome = AppendOutcome::default();
+        let started = std::time::Instant::now();
         // 1. Validate, and capture attachment files first (durable before the commit).
         let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
         let mut blob_rows: Vec<(String, u64, usize)> = Vec::new(); // (sha, size, draft index)
@@ -363,13 +364,14 @@ impl Spool {
         }
         dirs_to_sync.sort();
         dirs_to_sync.dedup();
-        for dir in &dirs_to_sync {
-            sync_dir(dir).map_err(|source| SpoolError::Io {
+        for (dir, result) in dirs_to_sync.iter().zip(parallel_map(&dirs_to_sync, |d| sync_dir(d))) {
+            result.map_err(|source| SpoolError::Io {
                 path: dir.clone(),
                 source,
             })?;
         }
 
+        let files_done = std::time::Instant::now();
         // 2. Seal and insert in one transaction.
         let err = db_err(&self.db_path);
         let mut head = self.head.clone();
@@ -476,6 +478,12 @@ impl Spool {
             }
             tx.commit().map_err(&err)?;
         }
+        tracing::debug!(
+            files = blob_rows.len(),
+            files_ms = (files_done - started).as_millis() as u64,
+            commit_ms = files_done.elapsed().as_millis() as u64,
+            "spool append"
+        );
         // 3. Only now does the in-memory state (and so the reader's view) move.
         self.head = head;
         self.blob_bytes += new_blob_bytes;

@@ -20,12 +20,12 @@ impl SpoolReader {
     pub fn open(dir: &Path) -> Result<SpoolReader, SpoolError> {
         let db_path = dir.join(schema::DB_FILE);
         let err = db_err(&db_path);
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             &db_path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(&err)?;
-        schema::configure(&conn).map_err(&err)?;
+        schema::configure(&mut conn, 1024).map_err(&err)?;
         drop(err);
         Ok(SpoolReader {
             conn,

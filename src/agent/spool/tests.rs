@@ -22,9 +22,7 @@ fn append_chains_from_one_and_survives_reopen() {
     let tmp = tempfile::tempdir().unwrap();
     let mut spool = Spool::open(tmp.path(), "dev-a").unwrap();
     assert_eq!(spool.head().seq, 0);
-    let out = spool
-        .append(&mut vec![draft("G1", "0", 1), draft("G2", "0", 2)])
-        .unwrap();
+    let out = spool.append(&mut [draft("G1", "0", 1), draft("G2", "0", 2)]).unwrap();
     assert_eq!(out.appended.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 2]);
     let head = spool.head().clone();
     drop(spool);
@@ -52,16 +50,10 @@ fn duplicate_keys_are_dropped_within_and_across_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let mut spool = Spool::open(tmp.path(), "dev-a").unwrap();
     let out = spool
-        .append(&mut vec![
-            draft("G1", "0", 1),
-            draft("G1", "0", 1),
-            draft("G1", "e1", 1),
-        ])
+        .append(&mut [draft("G1", "0", 1), draft("G1", "0", 1), draft("G1", "e1", 1)])
         .unwrap();
     assert_eq!((out.appended.len(), out.duplicates), (2, 1));
-    let out = spool
-        .append(&mut vec![draft("G1", "0", 1), draft("G2", "0", 2)])
-        .unwrap();
+    let out = spool.append(&mut [draft("G1", "0", 1), draft("G2", "0", 2)]).unwrap();
     assert_eq!((out.appended.len(), out.duplicates), (1, 1));
     assert_eq!(out.appended[0].seq, 3, "no gap after a dropped duplicate");
 }
@@ -73,7 +65,7 @@ fn refuses_another_device_and_foreign_drafts() {
     let mut foreign = draft("G1", "0", 1);
     foreign.record.device.name = "dev-b".into();
     assert!(matches!(
-        spool.append(&mut vec![foreign]),
+        spool.append(&mut [foreign]),
         Err(SpoolError::InvalidDraft { .. })
     ));
     assert_eq!(spool.head().seq, 0, "nothing of a refused batch is chained");
@@ -99,7 +91,7 @@ fn live_guids_track_latest_key_and_deletions() {
     gone.record.event_time_apple_ns = 120;
     let mut deletion = draft("G2", "deleted", 3);
     deletion.record.kind = RecordKind::DeletionDetected;
-    spool.append(&mut vec![old, edited, edit, gone, deletion]).unwrap();
+    spool.append(&mut [old, edited, edit, gone, deletion]).unwrap();
     assert_eq!(
         spool.live_guids_since(50),
         vec![("G1".to_string(), "dev-a/G1/e1".to_string())]
@@ -170,7 +162,7 @@ fn attachments_are_captured_with_the_record_and_compacted_after_delivery() {
         ..Default::default()
     });
     vanished.files.push((ghost.clone(), PathBuf::from("/nonexistent/file")));
-    let out = spool.append(&mut vec![with_file, vanished]).unwrap();
+    let out = spool.append(&mut [with_file, vanished]).unwrap();
     assert_eq!((out.appended.len(), out.attachment_failures), (2, 1));
     let before = spool.used_bytes().unwrap();
     let stored = spool.blobs().path_of(&sha).expect("blob captured");

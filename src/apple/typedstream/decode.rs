@@ -253,44 +253,48 @@ impl Reader<'_> {
         Ok(idx as usize)
     }
 
-    /// A shared string (type encodings, class names): new, nil or a back-reference.
-    fn shared_string(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
+    /// A shared string (type encodings, class names): new, nil or a back-reference. Returns
+    /// its index in the shared-string table.
+    fn shared_index(&mut self) -> Result<Option<usize>, DecodeError> {
         match self.peek()? {
             TAG_NEW => {
                 self.pos += 1;
                 let n = self.length()?;
                 let s = self.take(n)?.to_vec();
-                self.strings.push(s.clone());
-                Ok(Some(s))
+                self.strings.push(s);
+                Ok(Some(self.strings.len() - 1))
             }
             TAG_NIL => {
                 self.pos += 1;
                 Ok(None)
             }
-            _ => {
-                let i = self.reference(self.strings.len())?;
-                Ok(Some(self.strings[i].clone()))
-            }
+            _ => Ok(Some(self.reference(self.strings.len())?)),
         }
+    }
+
+    /// A shared string's bytes.
+    fn shared_string(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
+        Ok(self.shared_index()?.map(|i| self.strings[i].clone()))
     }
 
     fn type_encoding(&mut self, depth: usize) -> Result<Vec<Type>, DecodeError> {
         let offset = self.pos;
-        let Some(enc) = self.shared_string()? else {
+        let Some(idx) = self.shared_index()? else {
             return Err(DecodeError::Unexpected {
                 offset,
                 byte: TAG_NIL,
                 expected: "a type encoding",
             });
         };
+        let enc = &self.strings[idx];
         let bad = || DecodeError::BadType {
             offset,
-            encoding: String::from_utf8_lossy(&enc).into_owned(),
+            encoding: String::from_utf8_lossy(enc).into_owned(),
         };
         let mut i = 0;
         let mut types = Vec::new();
         while i < enc.len() {
-            types.push(parse_type(&enc, &mut i, depth).ok_or_else(bad)?);
+            types.push(parse_type(enc, &mut i, depth).ok_or_else(bad)?);
         }
         if types.is_empty() {
             return Err(bad());
