@@ -54,7 +54,12 @@ pub fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     if is(&args.state_dir, args.state) {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("device not {:?} yet (no {} in {})", args.state, args.state.file(), args.state_dir.display());
+        eprintln!(
+            "device not {:?} yet (no {} in {})",
+            args.state,
+            args.state.file(),
+            args.state_dir.display()
+        );
         Ok(ExitCode::from(1))
     }
 }
@@ -70,9 +75,20 @@ mod tests {
         mark(dir.path(), DeviceState::Booted).unwrap();
         assert!(is(dir.path(), DeviceState::Booted));
         assert!(!is(dir.path(), DeviceState::SignedIn));
-        let code = probe(ProbeArgs { state: DeviceState::SignedIn, state_dir: dir.path().into() }).unwrap();
+        let code = probe(ProbeArgs {
+            state: DeviceState::SignedIn,
+            state_dir: dir.path().into(),
+        })
+        .unwrap();
         assert_eq!(code, ExitCode::from(1));
         mark(dir.path(), DeviceState::SignedIn).unwrap();
-        assert_eq!(probe(ProbeArgs { state: DeviceState::SignedIn, state_dir: dir.path().into() }).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(
+            probe(ProbeArgs {
+                state: DeviceState::SignedIn,
+                state_dir: dir.path().into()
+            })
+            .unwrap(),
+            ExitCode::SUCCESS
+        );
     }
 }

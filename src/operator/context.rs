@@ -173,6 +173,74 @@ impl FailureMemory {
     }
 }
 
+/// Warm spares a reconcile is claiming right now, so that concurrent reconciles of new devices
+/// pick different spares instead of racing for the same one (the compare-and-swap on the Pod
+/// stays the safety net; this only avoids a storm of refused patches).
+#[derive(Default)]
+pub struct Reservations {
+    held: Mutex<HashMap<String, Instant>>,
+}
+
+impl Reservations {
+    /// How long a reservation holds without being released.
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Reserve a spare (namespace/name); false when someone else holds it.
+    pub fn try_reserve(&self, key: &str) -> bool {
+        let Ok(mut held) = self.held.lock() else { return false };
+        held.retain(|_, at| at.elapsed() < Self::TIMEOUT);
+        if held.contains_key(key) {
+            return false;
+        }
+        held.insert(key.to_owned(), Instant::now());
+        true
+    }
+
+    /// Release a reservation.
+    pub fn release(&self, key: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(key);
+        }
+    }
+}
+
+/// The status each device was last written with, to skip writing the same status again while
+/// the cache has not caught up with the previous write.
+#[derive(Default)]
+pub struct WrittenStatus {
+    last: Mutex<HashMap<String, u64>>,
+}
+
+impl WrittenStatus {
+    fn digest<T: serde::Serialize>(status: &T) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(status).unwrap_or_default().hash(&mut h);
+        h.finish()
+    }
+
+    /// Whether this exact status was the last one written for the device.
+    pub fn is_last<T: serde::Serialize>(&self, key: &str, status: &T) -> bool {
+        let d = Self::digest(status);
+        self.last.lock().map(|m| m.get(key) == Some(&d)).unwrap_or(false)
+    }
+
+    /// Remember a written status.
+    pub fn remember<T: serde::Serialize>(&self, key: &str, status: &T) {
+        let d = Self::digest(status);
+        if let Ok(mut m) = self.last.lock() {
+            m.insert(key.to_owned(), d);
+        }
+    }
+
+    /// Forget a device.
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.last.lock() {
+            m.remove(key);
+        }
+    }
+}
+
 /// Operator settings from the command line.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -194,6 +262,10 @@ pub struct Context {
     pub expectations: Expectations,
     /// Recent failure bookkeeping.
     pub failures: FailureMemory,
+    /// Spares being claimed.
+    pub reservations: Reservations,
+    /// Last status written per device.
+    pub written: WrittenStatus,
     /// Settings.
     pub settings: Settings,
 }

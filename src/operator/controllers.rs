@@ -302,7 +302,13 @@ pub async fn run(watches: Watches, ctx: Arc<Context>, concurrency: u16, shutdown
         .watches_shared_stream(subs.pools.clone(), pool_devices)
         .watches_shared_stream(subs.sinks.clone(), sink_devices)
         .watches_shared_stream(subs.nodes.clone(), node_devices)
-        .with_config(ControllerConfig::default().concurrency(concurrency))
+        // A short debounce folds the bursts of a Pod's first seconds (created, scheduled,
+        // started) into one reconcile, hence one status write.
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(concurrency)
+                .debounce(Duration::from_millis(500)),
+        )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
             instrumented("capturedevice", device::reconcile::reconcile),

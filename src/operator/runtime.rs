@@ -159,6 +159,8 @@ async fn lead(
         metrics,
         expectations: Expectations::default(),
         failures: Default::default(),
+        reservations: Default::default(),
+        written: Default::default(),
         settings: Settings {
             identity: options.identity.clone(),
         },

@@ -62,8 +62,17 @@ pub async fn claim(
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let owner = build::owner_of_device(device);
 
-    for spare in candidates.into_iter().take(3) {
+    let mut tried = 0;
+    for spare in candidates {
+        if tried == 3 {
+            break;
+        }
         let name = spare.name_any();
+        let reservation = format!("{ns}/{name}");
+        if !ctx.reservations.try_reserve(&reservation) {
+            continue;
+        }
+        tried += 1;
         let config = build::agent_config(&PodPlan {
             name: name.clone(),
             claim_name: name.clone(),
@@ -80,7 +89,13 @@ pub async fn claim(
             json!({"op": "replace", "path": format!("/metadata/annotations/{}", pointer_key(AGENT_CONFIG)), "value": build::agent_config_annotation(&config)}),
         ];
         let rv = spare.resource_version().unwrap_or_default();
-        if !compare_and_swap(&pods, &name, &rv, ops).await? {
+        // The reservation is kept after a successful claim (until it times out), by which time
+        // the cache shows the Pod as assigned and no longer a candidate.
+        if !compare_and_swap(&pods, &name, &rv, ops)
+            .await
+            .inspect_err(|_| ctx.reservations.release(&reservation))?
+        {
+            ctx.reservations.release(&reservation);
             tracing::debug!(spare = %name, "spare was taken or changed; trying the next one");
             continue;
         }

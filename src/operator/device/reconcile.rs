@@ -132,6 +132,8 @@ pub async fn reconcile(device: Arc<CaptureDevice>, ctx: Arc<Context>) -> Result<
         if let DrainView::Complete(_) = &view {
             finish_offboarding(&ctx, &device, &settings, &claim, claim_exists).await?;
             apply::set_finalizer(&devices, &name, DRAIN_FINALIZER, false).await?;
+            ctx.written.forget(&key);
+            ctx.failures.clear(&key);
             publish(
                 &ctx,
                 &device,
@@ -230,11 +232,16 @@ async fn write_status(
     phase: DevicePhase,
 ) -> Result<(), Error> {
     let previous = device.status.clone().unwrap_or_default();
-    if &previous == status {
+    let key = format!("{}/{}", device.namespace().unwrap_or_default(), device.name_any());
+    // Nothing to write when the stored status is this one — or when this one was the last we
+    // wrote and the cache simply has not caught up yet.
+    if &previous == status || ctx.written.is_last(&key, status) {
         return Ok(());
     }
     apply::apply_status(api, &device.name_any(), status).await?;
-    if previous.phase != Some(phase) {
+    ctx.written.remember(&key, status);
+    // An event for each transition (the very first status is not a transition).
+    if previous.phase.is_some() && previous.phase != Some(phase) {
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         let note = ready.map(|c| c.message.clone()).unwrap_or_default();
         let kind = match phase {

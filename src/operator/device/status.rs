@@ -88,6 +88,10 @@ pub struct Computed {
     pub recheck_after: Option<Duration>,
 }
 
+/// One message for the ordinary steps of provisioning (creating, scheduling, booting), so that
+/// they do not each cost a status write; problems (unschedulable, crash loops) get their own.
+const PROVISIONING_MESSAGE: &str = "creating, placing and booting the device";
+
 fn since(now: Timestamp, then: Option<Timestamp>) -> Duration {
     then.and_then(|t| now.duration_since(t).try_into().ok())
         .unwrap_or(Duration::ZERO)
@@ -331,7 +335,7 @@ pub fn compute(o: &Observed<'_>) -> Computed {
         (_, Some(p)) if p.unschedulable.is_some() => {
             Desired::false_(PROVISIONED, "Unschedulable", ready_message.clone())
         }
-        _ => Desired::false_(PROVISIONED, "Creating", "creating the device Pod and volume"),
+        _ => Desired::false_(PROVISIONED, "Provisioning", PROVISIONING_MESSAGE),
     };
     let enrolled = if runtime_ready {
         Desired::true_(ENROLLED, "SignedIn", "the employee is signed in")
