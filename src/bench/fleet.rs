@@ -204,6 +204,20 @@ struct Timeline {
 async fn recreate_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     if api.get_opt(ns).await?.is_some() {
+        // A previous run's devices keep their drain finalizer (kwok Pods cannot drain); the
+        // benchmark owns this namespace, so it releases them itself.
+        let devices: Api<CaptureDevice> = Api::namespaced(client.clone(), ns);
+        let list = devices.list(&kube::api::ListParams::default()).await?;
+        let patch = json!({"metadata": {"finalizers": null}});
+        futures::stream::iter(list.items)
+            .for_each_concurrent(32, |d| {
+                let devices = devices.clone();
+                let patch = patch.clone();
+                async move {
+                    let _ = devices.patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await;
+                }
+            })
+            .await;
         api.delete(ns, &DeleteParams::background()).await?;
         let deadline = Instant::now() + Duration::from_secs(600);
         while api.get_opt(ns).await?.is_some() {
