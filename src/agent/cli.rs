@@ -7,14 +7,19 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::run::{self as runner, AgentRun};
+use super::config_file::{self, Change, ConfigWatch};
+use super::drain;
+use super::run::{self as runner, AgentRun, Mode, Signals, StopReason, Telemetry};
 use super::source::{ChatDbReader, ReaderConfig, RecordSource};
+use super::spool::ChainHead;
 use crate::api::agent::{AGENT_CONFIG_SCHEMA, AgentConfig, AgentDevice, FilesystemTarget, SinkConfig, SinkTarget};
 use crate::sinks::{Sink, factory};
+use crate::telemetry::server;
 
-/// Agent options. With `--config` the file is the configuration and flags override it; without
-/// it, `--chat-db`, `--spool`, `--device` and at least one `--sink` are required.
-#[derive(clap::Args, Debug, Default)]
+/// Agent options. With `--config` the file is the configuration and flags override it (a file
+/// without a device is a warm spare, which waits for its assignment); without it, `--chat-db`
+/// (except with `--drain-only`), `--spool`, `--device` and at least one `--sink` are required.
+#[derive(clap::Args, Debug, Default, Clone)]
 pub struct AgentArgs {
     /// AgentConfig file (YAML or JSON) rendered by the operator.
     #[arg(long, env = "CAPTUREFLEET_AGENT_CONFIG")]
@@ -37,6 +42,10 @@ pub struct AgentArgs {
     /// Exit 0 once everything readable is delivered to every sink (backfills, tests).
     #[arg(long)]
     pub until_idle: bool,
+    /// Deliver what the spool holds to every sink, write the drain receipt and exit; chat.db is
+    /// never read (a drain-only Pod on the volume of a device whose agent is gone).
+    #[arg(long, conflicts_with = "until_idle")]
+    pub drain_only: bool,
     /// Address for /livez, /readyz, /metrics (config default 0.0.0.0:9464; none with flags only).
     #[arg(long)]
     pub http_listen: Option<String>,
@@ -77,24 +86,25 @@ pub fn parse_sink_flag(flag: &str, index: usize) -> anyhow::Result<SinkConfig> {
     })
 }
 
-/// The configuration these arguments describe.
+/// The configuration these arguments describe, validated for capture (a device name and at
+/// least one sink).
 pub fn resolve_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
-    let mut config = match &args.config {
+    let config = load_config(args)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// The configuration these arguments describe: the file (if any) with the flags applied. A
+/// file may describe a warm spare (no device name, no sinks); see [`config_file::assignment`].
+pub fn load_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+    match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let config: AgentConfig =
-                serde_yaml::from_str(&text).with_context(|| format!("{} is not an agent config", path.display()))?;
-            anyhow::ensure!(
-                config.schema == AGENT_CONFIG_SCHEMA,
-                "{}: schema {:?} is not {AGENT_CONFIG_SCHEMA:?}",
-                path.display(),
-                config.schema
-            );
-            config
+            apply_flags(config_file::parse(&text, path)?, args)
         }
         None => {
             let missing: Vec<&str> = [
-                ("--chat-db", args.chat_db.is_none()),
+                ("--chat-db", args.chat_db.is_none() && !args.drain_only),
                 ("--spool", args.spool.is_none()),
                 ("--device", args.device.is_none()),
                 ("--sink", args.sinks.is_empty()),
@@ -113,9 +123,13 @@ pub fn resolve_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
             .expect("the minimal config parses");
             config.http_listen = String::new();
             config.termination_message_path = PathBuf::new();
-            config
+            apply_flags(config, args)
         }
-    };
+    }
+}
+
+/// The flags override the file.
+fn apply_flags(mut config: AgentConfig, args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(p) = &args.chat_db {
         config.chat_db = p.clone();
     }
@@ -154,23 +168,100 @@ pub fn resolve_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(v) = args.drain_timeout_seconds {
         config.drain_timeout_seconds = v;
     }
-    anyhow::ensure!(!config.device.name.is_empty(), "the device name is empty");
-    anyhow::ensure!(!config.sinks.is_empty(), "no sink configured");
     Ok(config)
 }
 
-/// The chat.db reader for this configuration.
-pub fn open_source(config: &AgentConfig) -> anyhow::Result<Box<dyn RecordSource>> {
-    let reader = ChatDbReader::open(&ReaderConfig::from_agent_config(config))?;
-    Ok(Box::new(reader))
+/// A configuration the agent can capture (or drain) with.
+fn validate(config: &AgentConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(!config.device.name.is_empty(), "the device name is empty");
+    anyhow::ensure!(!config.sinks.is_empty(), "no sink configured");
+    Ok(())
 }
+
+/// The chat.db reader for this configuration. It opens chat.db at its first poll and keeps
+/// trying while Messages has not created it yet (see [`ChatDbReader::new`]).
+pub fn open_source(config: &AgentConfig) -> anyhow::Result<Box<dyn RecordSource>> {
+    Ok(Box::new(ChatDbReader::new(&ReaderConfig::from_agent_config(config))))
+}
+
+/// Exit code when the configuration file changed to another device (see `docs/agent.md`).
+pub const EXIT_DEVICE_CHANGED: u8 = 4;
 
 /// Run `capturefleet agent`.
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let config = resolve_config(&args)?;
+    let mut watch = args.config.clone().map(|path| {
+        let flags = args.clone();
+        ConfigWatch::new(path, move |config| apply_flags(config, &flags))
+    });
+    let config = match watch.as_mut() {
+        Some(watch) => watch.changed()?.expect("the first read returns the configuration"),
+        None => load_config(&args)?,
+    };
+    if watch.is_none() || args.drain_only {
+        // Without a file nothing can be assigned later; a drain needs its device and sinks now.
+        validate(&config)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_name("agent")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let code = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("termination signal received");
+            signals.cancel();
+        });
+        // One set of endpoints for the whole process: a spare answers probes while it waits,
+        // and keeps answering when it is claimed and starts capturing.
+        let telemetry = Telemetry::new()?;
+        let server_stop = CancellationToken::new();
+        let server = match Some(config.http_listen.as_str()).filter(|a| !a.is_empty()) {
+            Some(addr) => Some(
+                server::serve(
+                    addr,
+                    telemetry.health.clone(),
+                    telemetry.metrics.registry.clone(),
+                    server_stop.clone(),
+                )
+                .await?
+                .1,
+            ),
+            None => None,
+        };
+        let result = supervise(&args, config, watch, telemetry, shutdown).await;
+        server_stop.cancel();
+        if let Some(task) = server {
+            let _ = task.await;
+        }
+        result
+    })?;
+    Ok(ExitCode::from(code))
+}
+
+/// Wait for an assignment (a warm spare), run, and map a reload to an exit code.
+async fn supervise(
+    args: &AgentArgs,
+    mut config: AgentConfig,
+    mut watch: Option<ConfigWatch>,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<u8> {
+    if !args.drain_only {
+        match wait_for_assignment(config, watch.as_mut(), &telemetry, &shutdown).await? {
+            Some(assigned) => config = assigned,
+            None => return Ok(0),
+        }
+    }
+    validate(&config)?;
+
     let mut settings = AgentRun::from_config(config.clone());
     settings.until_idle = args.until_idle;
-    settings.http_listen = Some(config.http_listen.clone()).filter(|s| !s.is_empty());
+    settings.http_listen = None; // served by `run` for the whole process
     settings.termination_path = Some(config.termination_message_path.clone()).filter(|p| !p.as_os_str().is_empty());
     if let Some(batch) = args.batch {
         settings.capture.batch_limit = batch.max(1);
@@ -180,25 +271,157 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|c| factory::build_with_state(c, Some(&factory::state_dir(&config.spool_dir, &c.name))).map(Arc::from))
         .collect::<Result<_, _>>()?;
-    let source = open_source(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(16)
-        .thread_name("agent")
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let exit = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("termination signal received");
-            signals.cancel();
-        });
-        runner::run(settings, source, sinks, shutdown).await
-    })?;
-    Ok(ExitCode::from(exit.code))
+    let mode = if args.drain_only {
+        Mode::DrainOnly
+    } else {
+        Mode::Capture(open_source(&config)?)
+    };
+    let signals = Signals {
+        shutdown,
+        reload: CancellationToken::new(),
+    };
+    // A later change of the file is applied by draining and exiting (the kubelet restarts the
+    // container with the new file); another device is refused.
+    let change = Arc::new(std::sync::Mutex::new(Change::None));
+    let watcher = match watch {
+        Some(watch) if !args.drain_only => Some(tokio::spawn(watch_changes(
+            watch,
+            config.clone(),
+            signals.reload.clone(),
+            Arc::clone(&change),
+        ))),
+        _ => None,
+    };
+    let exit = runner::run_with(settings, mode, sinks, signals, telemetry).await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    let exit = exit?;
+    let change = change.lock().map(|c| c.clone()).unwrap_or(Change::None);
+    Ok(match (exit.reason, change) {
+        (StopReason::Reload, Change::Device { from, to }) if exit.code == 0 => {
+            tracing::error!(
+                running = %from, configured = %to,
+                "the configuration now names another device: refused (this spool holds only {from}'s chain); \
+                 drained and exiting with code {EXIT_DEVICE_CHANGED}"
+            );
+            EXIT_DEVICE_CHANGED
+        }
+        (StopReason::Reload, _) => {
+            tracing::info!(
+                code = exit.code,
+                "configuration changed: drained; exiting so the container restarts with it"
+            );
+            exit.code
+        }
+        _ => exit.code,
+    })
+}
+
+/// Until the configuration names a device with sinks: serve `/readyz` as not ready (a warm
+/// spare), touch neither chat.db nor the spool, and read the file every
+/// [`config_file::POLL_EVERY`]. None when a termination signal came first (after writing an
+/// empty, complete receipt: nothing was captured).
+async fn wait_for_assignment(
+    mut config: AgentConfig,
+    mut watch: Option<&mut ConfigWatch>,
+    telemetry: &Telemetry,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<AgentConfig>> {
+    let mut said = None;
+    let mut unreadable = false;
+    loop {
+        let assignment = config_file::assignment(&config);
+        let Some(reason) = assignment.waiting_reason() else {
+            if said.is_some() {
+                tracing::info!(device = %config.device.name, sinks = config.sinks.len(), "assigned: starting capture");
+            }
+            return Ok(Some(config));
+        };
+        let Some(watch) = watch.as_deref_mut() else {
+            // Flags only: validated before; cannot happen.
+            validate(&config)?;
+            return Ok(Some(config));
+        };
+        telemetry.health.set_not_ready(reason);
+        if said != Some(assignment) {
+            tracing::info!(
+                config = %watch.path().display(), reason,
+                "waiting for a device assignment; chat.db and the spool are left alone"
+            );
+            said = Some(assignment);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let receipt = drain::receipt(&ChainHead::default(), &Default::default());
+                let json = drain::to_bounded_json(&receipt);
+                println!("{json}");
+                let path = &config.termination_message_path;
+                if !path.as_os_str().is_empty() {
+                    drain::write(path, &json)
+                        .with_context(|| format!("writing the drain receipt to {}", path.display()))?;
+                }
+                tracing::info!(reason, "stopped before any assignment; nothing was captured");
+                return Ok(None);
+            }
+            _ = tokio::time::sleep(config_file::POLL_EVERY) => {}
+        }
+        match watch.changed() {
+            Ok(Some(new)) => {
+                config = new;
+                unreadable = false;
+            }
+            Ok(None) => unreadable = false,
+            Err(error) => {
+                if !unreadable {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "the configuration file cannot be used; still waiting"
+                    );
+                }
+                unreadable = true;
+            }
+        }
+    }
+}
+
+/// Read the file every [`config_file::POLL_EVERY`] while capturing; on a change that matters,
+/// record it and ask the run to stop (it drains as on SIGTERM).
+async fn watch_changes(
+    mut watch: ConfigWatch,
+    running: AgentConfig,
+    reload: CancellationToken,
+    change: Arc<std::sync::Mutex<Change>>,
+) {
+    let mut unreadable = false;
+    loop {
+        tokio::time::sleep(config_file::POLL_EVERY).await;
+        match watch.changed() {
+            Ok(None) => unreadable = false,
+            Ok(Some(new)) => {
+                unreadable = false;
+                let found = config_file::classify(&running, &new);
+                if found == Change::None {
+                    continue;
+                }
+                tracing::info!(change = ?found, "the configuration file changed; draining to apply it");
+                if let Ok(mut c) = change.lock() {
+                    *c = found;
+                }
+                reload.cancel();
+                return;
+            }
+            Err(error) => {
+                if !unreadable {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "the configuration file cannot be used; keeping the running configuration"
+                    );
+                }
+                unreadable = true;
+            }
+        }
+    }
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (a person).
