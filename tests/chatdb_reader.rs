@@ -422,11 +422,11 @@ fn a_lazy_reader_waits_for_messages_to_create_its_database_then_reads_it() {
     let mut reader = ChatDbReader::new(&config(dir.path()));
     let mut index = MemoryIndex::new();
     // Not there yet.
-    let err = reader.poll(&index, 100).err().expect("no chat.db yet");
+    let err = reader.poll(&index, 100).expect_err("no chat.db yet");
     assert!(matches!(err, SourceError::NotYet { .. }), "{err}");
     // There, but empty (the file exists before Messages has created its tables).
     std::fs::write(dir.path().join("chat.db"), b"").unwrap();
-    let err = reader.poll(&index, 100).err().expect("no tables yet");
+    let err = reader.poll(&index, 100).expect_err("no tables yet");
     assert!(matches!(err, SourceError::NotYet { .. }), "{err}");
     // Messages creates the database: the same reader reads it.
     let mut sim = Simulator::create(SimulatorConfig::new(dir.path(), 4)).unwrap();
@@ -441,8 +441,7 @@ fn a_lazy_reader_waits_for_messages_to_create_its_database_then_reads_it() {
         .unwrap();
     let err = ChatDbReader::new(&config(foreign.path()))
         .poll(&MemoryIndex::new(), 10)
-        .err()
-        .expect("foreign file");
+        .expect_err("foreign file");
     assert!(matches!(err, SourceError::Open { .. }), "{err}");
     assert!(err.to_string().contains("not a Messages database"), "{err}");
 }

@@ -116,7 +116,7 @@ fn apple_table_names() -> Vec<&'static str> {
     crate::apple::schema::TABLES
         .iter()
         .filter_map(|sql| sql.strip_prefix("CREATE TABLE "))
-        .filter_map(|rest| rest.split(|c: char| c == ' ' || c == '(').next())
+        .filter_map(|rest| rest.split([' ', '(']).next())
         .collect()
 }
 
