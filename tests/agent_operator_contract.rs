@@ -182,12 +182,10 @@ fn a_warm_spare_idles_then_captures_when_claimed_without_a_restart() {
     let pid = agent.id();
 
     // Unassigned: live, not ready, and it says why.
-    wait_until(30, "/livez answers", || {
-        http_get(&addr, "/livez").is_some_and(|(status, _)| status == 200)
+    wait_until(30, "/readyz says it is an unassigned warm spare", || {
+        http_get(&addr, "/readyz").is_some_and(|(status, body)| status == 503 && body.contains("unassigned warm spare"))
     });
-    let (status, body) = http_get(&addr, "/readyz").unwrap();
-    assert_eq!(status, 503);
-    assert!(body.contains("unassigned warm spare"), "{body}");
+    assert_eq!(http_get(&addr, "/livez").map(|r| r.0), Some(200));
     // Two config polls later it still has not touched chat.db or the spool.
     std::thread::sleep(std::time::Duration::from_secs(5));
     assert!(agent.try_wait().unwrap().is_none(), "the spare keeps running");
