@@ -7,7 +7,7 @@
 //! ended it with records still pending (the receipt says `complete: false`; the operator
 //! reads the receipt, and the kubelet would kill the container at the end of its grace period
 //! anyway); 3 when `until_idle` stopped because a sink failed permanently; 1 on a fatal error
-//! (spool unusable, receipt not writable). The CLI adds 4 (the device identity changed).
+//! (spool unusable, receipt not writable). [`super::lifecycle`] adds 4 (the device changed).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
