@@ -1,5 +1,6 @@
-//! End to end with the real binary: `capturefleet device simulate` writes a chat.db live while
-//! `capturefleet agent` captures it into a filesystem archive; on SIGTERM the agent drains and
+//! End to end with the real binary: the agent starts before chat.db exists (it waits, not
+//! ready), then `capturefleet device simulate` writes a chat.db live while `capturefleet agent`
+//! captures it into a filesystem archive; on SIGTERM the agent drains and
 //! writes its receipt; `capturefleet archive verify` passes and every simulated event is
 //! archived exactly once (checked against the simulator's manifest), every record valid
 //! against `docs/record.schema.json`.
@@ -24,34 +25,10 @@ fn live_simulation_to_filesystem_archive_exactly_once() {
     let termination = tmp.path().join("termination-log");
     let addr = free_loopback_addr();
 
-    // History first (so the agent starts with a backfill), then live traffic for 5 s.
-    let mut simulator = capturefleet()
-        .args([
-            "device",
-            "simulate",
-            "--seed",
-            "7",
-            "--messages",
-            "400",
-            "--rate",
-            "120",
-            "--duration",
-            "5",
-        ])
-        .arg("--dir")
-        .arg(&messages)
-        .arg("--manifest")
-        .arg(&manifest_path)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the simulator");
+    // The agent starts first, like a device Pod whose Messages has not created chat.db yet: it
+    // stays up, not ready, and says why.
     let chat_db = messages.join("chat.db");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !chat_db.exists() {
-        assert!(Instant::now() < deadline, "the simulator never created chat.db");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
+    std::fs::create_dir_all(&messages).unwrap();
     let agent = capturefleet()
         .args([
             "agent",
@@ -72,6 +49,43 @@ fn live_simulation_to_filesystem_archive_exactly_once() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the agent");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut waiting = None;
+    while Instant::now() < deadline {
+        if let Some((503, body)) = http_get(&addr, "/readyz")
+            && body.contains("waiting for Messages: chat.db does not exist yet")
+        {
+            waiting = Some(body);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(waiting.is_some(), "/readyz never said it waits for chat.db");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(http_get(&addr, "/livez").map(|r| r.0), Some(200), "still alive");
+
+    // Then the device: history first (so the agent starts with a backfill), then live traffic
+    // for 5 s.
+    let mut simulator = capturefleet()
+        .args([
+            "device",
+            "simulate",
+            "--seed",
+            "7",
+            "--messages",
+            "400",
+            "--rate",
+            "120",
+            "--duration",
+            "5",
+        ])
+        .arg("--dir")
+        .arg(&messages)
+        .arg("--manifest")
+        .arg(&manifest_path)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the simulator");
 
     // While the simulation runs, the agent is ready and its metrics carry no personal data.
     let mut ready = false;

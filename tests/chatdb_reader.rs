@@ -406,11 +406,42 @@ fn old_databases_with_dates_in_seconds() {
 fn open_fails_clearly_on_a_missing_or_foreign_file() {
     let dir = tempfile::tempdir().unwrap();
     let err = ChatDbReader::open(&config(dir.path())).err().expect("missing file");
-    assert!(err.to_string().contains("no such file"), "{err}");
+    assert!(err.to_string().contains("does not exist yet"), "{err}");
     rusqlite::Connection::open(dir.path().join("chat.db"))
         .unwrap()
         .execute_batch("CREATE TABLE t (x)")
         .unwrap();
     let err = ChatDbReader::open(&config(dir.path())).err().expect("foreign file");
+    assert!(err.to_string().contains("not a Messages database"), "{err}");
+}
+
+#[test]
+fn a_lazy_reader_waits_for_messages_to_create_its_database_then_reads_it() {
+    use capturefleet::agent::source::SourceError;
+    let dir = tempfile::tempdir().unwrap();
+    let mut reader = ChatDbReader::new(&config(dir.path()));
+    let mut index = MemoryIndex::new();
+    // Not there yet.
+    let err = reader.poll(&index, 100).expect_err("no chat.db yet");
+    assert!(matches!(err, SourceError::NotYet { .. }), "{err}");
+    // There, but empty (the file exists before Messages has created its tables).
+    std::fs::write(dir.path().join("chat.db"), b"").unwrap();
+    let err = reader.poll(&index, 100).expect_err("no tables yet");
+    assert!(matches!(err, SourceError::NotYet { .. }), "{err}");
+    // Messages creates the database: the same reader reads it.
+    let mut sim = Simulator::create(SimulatorConfig::new(dir.path(), 4)).unwrap();
+    sim.write_history(50).unwrap();
+    let drafts = drain(&mut reader, &mut index, 100);
+    assert!(drafts.len() >= 50, "{}", drafts.len());
+    // Something else entirely is an error (retried by the agent, never waited for silently).
+    let foreign = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(foreign.path().join("chat.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE orders (x)")
+        .unwrap();
+    let err = ChatDbReader::new(&config(foreign.path()))
+        .poll(&MemoryIndex::new(), 10)
+        .expect_err("foreign file");
+    assert!(matches!(err, SourceError::Open { .. }), "{err}");
     assert!(err.to_string().contains("not a Messages database"), "{err}");
 }

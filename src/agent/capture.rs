@@ -11,7 +11,21 @@ use super::metrics::{AgentMetrics, apple_now_ns, unix_now_s};
 use super::spool::{ChainHead, Spool, SpoolError};
 use super::status::AgentStatus;
 use crate::agent::backoff::Backoff;
-use crate::agent::source::{Draft, RecordSource};
+use crate::agent::source::{Draft, RecordSource, SourceError};
+
+/// A chat.db that cannot be used (not a Messages database, corrupt) is logged again this often
+/// while it stays so.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The readiness reason of a failed poll (`/readyz` shows it as `not capturing (…)`); no path,
+/// no content.
+pub fn poll_failure(error: &SourceError) -> String {
+    match error {
+        SourceError::NotYet { reason, .. } => format!("waiting for Messages: {reason}"),
+        SourceError::Open { reason, .. } => format!("chat.db cannot be used: {reason}"),
+        SourceError::Query { .. } => "chat.db unreadable".to_owned(),
+    }
+}
 
 /// Why the capture loop wakes up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +104,9 @@ impl CaptureLoop {
         let mut last_event_ns: Option<i64> = None;
         let mut last_used_check = Instant::now() - Duration::from_secs(3600);
         let mut used = 0u64;
+        // The last poll failure's readiness reason, and when a loud one was last logged.
+        let mut last_failure: Option<String> = None;
+        let mut last_failure_log: Option<Instant> = None;
         self.metrics.spool_max_bytes.set(self.settings.spool_max_bytes as i64);
         self.metrics.chain_sequence.set(self.spool.head().seq as i64);
         loop {
@@ -141,14 +158,38 @@ impl CaptureLoop {
                 Some(drafts) => drafts,
                 None => match self.source.poll(&self.spool, self.settings.batch_limit) {
                     Ok(drafts) => {
+                        if last_failure.take().is_some() {
+                            tracing::info!("chat.db readable; capturing");
+                        }
                         self.metrics.last_poll.set(unix_now_s());
                         self.status.set_capturing();
                         drafts
                     }
                     Err(error) => {
-                        self.metrics.poll_errors.inc();
-                        tracing::warn!(%error, "chat.db poll failed; retrying");
-                        self.status.set_not_capturing("chat.db unreadable");
+                        let reason = poll_failure(&error);
+                        let repeat = last_failure_log.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY);
+                        let changed = last_failure.as_deref() != Some(reason.as_str());
+                        match &error {
+                            // A device that has just booted: expected, said once.
+                            SourceError::NotYet { .. } => {
+                                if changed {
+                                    tracing::info!(%error, "waiting for Messages to create chat.db; polling");
+                                }
+                            }
+                            SourceError::Open { .. } => {
+                                self.metrics.poll_errors.inc();
+                                if changed || repeat {
+                                    tracing::error!(%error, "chat.db cannot be used; retrying (nothing is captured meanwhile)");
+                                    last_failure_log = Some(Instant::now());
+                                }
+                            }
+                            SourceError::Query { .. } => {
+                                self.metrics.poll_errors.inc();
+                                tracing::warn!(%error, "chat.db poll failed; retrying");
+                            }
+                        }
+                        self.status.set_not_capturing(&reason);
+                        last_failure = Some(reason);
                         if self.wait(self.settings.poll_interval) {
                             break;
                         }

@@ -2,19 +2,21 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::run::{self as runner, AgentRun};
+use super::config_file::{self, ConfigWatch};
+use super::lifecycle;
+use super::run::Telemetry;
 use super::source::{ChatDbReader, ReaderConfig, RecordSource};
 use crate::api::agent::{AGENT_CONFIG_SCHEMA, AgentConfig, AgentDevice, FilesystemTarget, SinkConfig, SinkTarget};
-use crate::sinks::{Sink, factory};
+use crate::telemetry::server;
 
-/// Agent options. With `--config` the file is the configuration and flags override it; without
-/// it, `--chat-db`, `--spool`, `--device` and at least one `--sink` are required.
-#[derive(clap::Args, Debug, Default)]
+/// Agent options. With `--config` the file is the configuration and flags override it (a file
+/// without a device is a warm spare, which waits for its assignment); without it, `--chat-db`
+/// (except with `--drain-only`), `--spool`, `--device` and at least one `--sink` are required.
+#[derive(clap::Args, Debug, Default, Clone)]
 pub struct AgentArgs {
     /// AgentConfig file (YAML or JSON) rendered by the operator.
     #[arg(long, env = "CAPTUREFLEET_AGENT_CONFIG")]
@@ -37,6 +39,10 @@ pub struct AgentArgs {
     /// Exit 0 once everything readable is delivered to every sink (backfills, tests).
     #[arg(long)]
     pub until_idle: bool,
+    /// Deliver what the spool holds to every sink, write the drain receipt and exit; chat.db is
+    /// never read (a drain-only Pod on the volume of a device whose agent is gone).
+    #[arg(long, conflicts_with = "until_idle")]
+    pub drain_only: bool,
     /// Address for /livez, /readyz, /metrics (config default 0.0.0.0:9464; none with flags only).
     #[arg(long)]
     pub http_listen: Option<String>,
@@ -77,24 +83,25 @@ pub fn parse_sink_flag(flag: &str, index: usize) -> anyhow::Result<SinkConfig> {
     })
 }
 
-/// The configuration these arguments describe.
+/// The configuration these arguments describe, validated for capture (a device name and at
+/// least one sink).
 pub fn resolve_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
-    let mut config = match &args.config {
+    let config = load_config(args)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// The configuration these arguments describe: the file (if any) with the flags applied. A
+/// file may describe a warm spare (no device name, no sinks); see [`config_file::assignment`].
+pub fn load_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+    match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let config: AgentConfig =
-                serde_yaml::from_str(&text).with_context(|| format!("{} is not an agent config", path.display()))?;
-            anyhow::ensure!(
-                config.schema == AGENT_CONFIG_SCHEMA,
-                "{}: schema {:?} is not {AGENT_CONFIG_SCHEMA:?}",
-                path.display(),
-                config.schema
-            );
-            config
+            apply_flags(config_file::parse(&text, path)?, args)
         }
         None => {
             let missing: Vec<&str> = [
-                ("--chat-db", args.chat_db.is_none()),
+                ("--chat-db", args.chat_db.is_none() && !args.drain_only),
                 ("--spool", args.spool.is_none()),
                 ("--device", args.device.is_none()),
                 ("--sink", args.sinks.is_empty()),
@@ -113,9 +120,13 @@ pub fn resolve_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
             .expect("the minimal config parses");
             config.http_listen = String::new();
             config.termination_message_path = PathBuf::new();
-            config
+            apply_flags(config, args)
         }
-    };
+    }
+}
+
+/// The flags override the file.
+fn apply_flags(mut config: AgentConfig, args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(p) = &args.chat_db {
         config.chat_db = p.clone();
     }
@@ -154,33 +165,36 @@ pub fn resolve_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(v) = args.drain_timeout_seconds {
         config.drain_timeout_seconds = v;
     }
-    anyhow::ensure!(!config.device.name.is_empty(), "the device name is empty");
-    anyhow::ensure!(!config.sinks.is_empty(), "no sink configured");
     Ok(config)
 }
 
-/// The chat.db reader for this configuration.
+/// A configuration the agent can capture (or drain) with.
+pub fn validate(config: &AgentConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(!config.device.name.is_empty(), "the device name is empty");
+    anyhow::ensure!(!config.sinks.is_empty(), "no sink configured");
+    Ok(())
+}
+
+/// The chat.db reader for this configuration. It opens chat.db at its first poll and keeps
+/// trying while Messages has not created it yet (see [`ChatDbReader::new`]).
 pub fn open_source(config: &AgentConfig) -> anyhow::Result<Box<dyn RecordSource>> {
-    let reader = ChatDbReader::open(&ReaderConfig::from_agent_config(config))?;
-    Ok(Box::new(reader))
+    Ok(Box::new(ChatDbReader::new(&ReaderConfig::from_agent_config(config))))
 }
 
 /// Run `capturefleet agent`.
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let config = resolve_config(&args)?;
-    let mut settings = AgentRun::from_config(config.clone());
-    settings.until_idle = args.until_idle;
-    settings.http_listen = Some(config.http_listen.clone()).filter(|s| !s.is_empty());
-    settings.termination_path = Some(config.termination_message_path.clone()).filter(|p| !p.as_os_str().is_empty());
-    if let Some(batch) = args.batch {
-        settings.capture.batch_limit = batch.max(1);
+    let mut watch = args.config.clone().map(|path| {
+        let flags = args.clone();
+        ConfigWatch::new(path, move |config| apply_flags(config, &flags))
+    });
+    let config = match watch.as_mut() {
+        Some(watch) => watch.changed()?.expect("the first read returns the configuration"),
+        None => load_config(&args)?,
+    };
+    if watch.is_none() || args.drain_only {
+        // Without a file nothing can be assigned later; a drain needs its device and sinks now.
+        validate(&config)?;
     }
-    let sinks: Vec<Arc<dyn Sink>> = config
-        .sinks
-        .iter()
-        .map(|c| factory::build_with_state(c, Some(&factory::state_dir(&config.spool_dir, &c.name))).map(Arc::from))
-        .collect::<Result<_, _>>()?;
-    let source = open_source(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -188,7 +202,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let exit = runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
@@ -196,9 +210,31 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("termination signal received");
             signals.cancel();
         });
-        runner::run(settings, source, sinks, shutdown).await
+        // One set of endpoints for the whole process: a spare answers probes while it waits,
+        // and keeps answering when it is claimed and starts capturing.
+        let telemetry = Telemetry::new()?;
+        let server_stop = CancellationToken::new();
+        let server = match Some(config.http_listen.as_str()).filter(|a| !a.is_empty()) {
+            Some(addr) => Some(
+                server::serve(
+                    addr,
+                    telemetry.health.clone(),
+                    telemetry.metrics.registry.clone(),
+                    server_stop.clone(),
+                )
+                .await?
+                .1,
+            ),
+            None => None,
+        };
+        let result = lifecycle::supervise(&args, config, watch, telemetry, shutdown).await;
+        server_stop.cancel();
+        if let Some(task) = server {
+            let _ = task.await;
+        }
+        result
     })?;
-    Ok(ExitCode::from(exit.code))
+    Ok(ExitCode::from(code))
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (a person).

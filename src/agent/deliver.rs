@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
@@ -85,6 +85,10 @@ async fn with_reader<T: Send + 'static>(
     .expect("spool task does not panic")
 }
 
+/// How often, at most, a busy sink is asked how many acknowledged records it still holds in
+/// its own journal ([`Sink::buffered`]); an idle sink is asked at each health probe.
+const BUFFERED_REFRESH: Duration = Duration::from_secs(2);
+
 impl SinkDelivery {
     /// Run until drained (caught up after capture stopped) or aborted. Returns the last
     /// acknowledged sequence number.
@@ -105,12 +109,19 @@ impl SinkDelivery {
         };
         self.metrics.cursor.with_label_values(&[&name]).set(cursor as i64);
         let mut failures = 0u32;
+        // Records acknowledged but still in the sink's own journal count as pending too.
+        let mut buffered = self.buffered(&name).await.unwrap_or(0);
+        let mut buffered_at = Instant::now();
         loop {
             let head = self.head.borrow_and_update().seq;
+            if cursor >= head && buffered_at.elapsed() >= BUFFERED_REFRESH {
+                buffered = self.buffered(&name).await.unwrap_or(buffered);
+                buffered_at = Instant::now();
+            }
             self.metrics
                 .pending
                 .with_label_values(&[&name])
-                .set(head.saturating_sub(cursor) as i64);
+                .set(head.saturating_sub(cursor).saturating_add(buffered) as i64);
             if cursor >= head {
                 if self.drain.is_cancelled() {
                     return cursor;
@@ -119,7 +130,11 @@ impl SinkDelivery {
                     _ = self.head.changed() => {}
                     _ = self.drain.cancelled() => {}
                     _ = self.abort.cancelled() => return cursor,
-                    _ = tokio::time::sleep(self.settings.probe_interval) => self.probe(&name).await,
+                    _ = tokio::time::sleep(self.settings.probe_interval) => {
+                        self.probe(&name).await;
+                        buffered = self.buffered(&name).await.unwrap_or(buffered);
+                        buffered_at = Instant::now();
+                    }
                 }
                 continue;
             }
@@ -170,6 +185,10 @@ impl SinkDelivery {
                     }
                     self.observe_ack(&name, &batch);
                     cursor = last;
+                    if buffered_at.elapsed() >= BUFFERED_REFRESH {
+                        buffered = self.buffered(&name).await.unwrap_or(buffered);
+                        buffered_at = Instant::now();
+                    }
                     self.health.set_healthy();
                     self.metrics.sink_healthy.with_label_values(&[&name]).set(1);
                     let _ = self.wake_capture.send(Wake::Acknowledged);
@@ -214,6 +233,18 @@ impl SinkDelivery {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// How many acknowledged records the sink still holds in its own journal (None, logged,
+    /// when it cannot say).
+    async fn buffered(&self, name: &str) -> Option<u64> {
+        match self.sink.buffered().await {
+            Ok(n) => Some(n),
+            Err(error) => {
+                tracing::warn!(sink = %name, %error, "cannot count the records the sink still buffers");
+                None
             }
         }
     }

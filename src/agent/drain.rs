@@ -14,9 +14,25 @@ pub const MAX_RECEIPT_BYTES: usize = 4000;
 
 /// Build the receipt from the chain head and each sink's cursor.
 pub fn receipt(head: &ChainHead, cursors: &BTreeMap<String, u64>) -> DrainReceipt {
+    receipt_with_buffered(head, cursors, &BTreeMap::new())
+}
+
+/// Build the receipt from the chain head, each sink's cursor, and the records each sink
+/// acknowledged but still holds in its own journal ([`crate::sinks::Sink::buffered`] after the
+/// final flush): those are not in the archive yet, so they count as pending for that sink, and
+/// the drain is complete only when every sink holds every record.
+pub fn receipt_with_buffered(
+    head: &ChainHead,
+    cursors: &BTreeMap<String, u64>,
+    buffered: &BTreeMap<String, u64>,
+) -> DrainReceipt {
     let pending: BTreeMap<String, u64> = cursors
         .iter()
-        .map(|(sink, cursor)| (sink.clone(), head.seq.saturating_sub(*cursor)))
+        .map(|(sink, cursor)| {
+            let unacknowledged = head.seq.saturating_sub(*cursor);
+            let held = buffered.get(sink).copied().unwrap_or(0);
+            (sink.clone(), unacknowledged.saturating_add(held))
+        })
         .collect();
     let pending_total = pending.values().sum();
     DrainReceipt {
@@ -78,6 +94,20 @@ mod tests {
         let done = receipt(&head, &BTreeMap::from([("a".into(), 10)]));
         assert!(done.complete);
         assert_eq!(DrainReceipt::parse(&to_bounded_json(&done)), Some(done));
+    }
+
+    #[test]
+    fn records_a_sink_still_journals_are_pending_for_that_sink() {
+        let head = ChainHead {
+            seq: 10,
+            hash: "ab".repeat(32),
+        };
+        let cursors = BTreeMap::from([("archive".into(), 10), ("smtp".into(), 10)]);
+        let r = receipt_with_buffered(&head, &cursors, &BTreeMap::from([("smtp".into(), 4)]));
+        assert_eq!((r.pending["archive"], r.pending["smtp"]), (0, 4));
+        assert_eq!((r.pending_total, r.complete), (4, false));
+        let flushed = receipt_with_buffered(&head, &cursors, &BTreeMap::from([("smtp".into(), 0)]));
+        assert!(flushed.complete && flushed.pending_total == 0);
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::apple::typedstream::{AttributedBody, Run};
 /// Rows dated before this (2022-10-24, macOS Ventura) carry plain `text`; later ones carry
 /// `attributedBody` (and, like most rows on macOS 14, no `text`).
 pub const ATTRIBUTED_BODY_SINCE_NS: i64 = 688_262_400 * NANOS_PER_SECOND;
+/// Successive live edits of a message are at least this far apart (seconds; Messages stores
+/// edit times as floating-point seconds).
+const MIN_EDIT_GAP_S: f64 = 0.001;
 
 /// Simulator errors.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,9 @@ pub struct Simulator {
     recent: VecDeque<Recent>,
     reactions: VecDeque<(String, usize, TapbackKind, usize)>,
     clock_ns: i64,
+    /// No event (original, edit or unsend) is dated after this: the end of the history while
+    /// it is written, the wall clock in a live step.
+    ceiling_ns: i64,
     steps: u64,
     attachments_written: u64,
 }
@@ -173,6 +179,7 @@ impl Simulator {
                 ..Manifest::default()
             },
             clock_ns: epoch::now_apple_ns() - cfg.history_days as i64 * 86_400 * NANOS_PER_SECOND,
+            ceiling_ns: epoch::now_apple_ns(),
             cfg,
             conn,
             contacts: Vec::new(),
@@ -633,12 +640,18 @@ impl Simulator {
         let original = content::sentence(&mut self.rng);
         let guid = content::guid(&mut self.rng);
         let n = self.rng.random_range(1..=3);
-        let mut history = vec![(ns_to_seconds(date_ns), original.clone())];
+        let mut edits = Vec::with_capacity(n);
         let mut at = date_ns;
         for _ in 0..n {
             at += self.rng.random_range(5..200) * NANOS_PER_SECOND + self.rng.random_range(0..NANOS_PER_SECOND);
-            history.push((ns_to_seconds(at), content::sentence(&mut self.rng)));
+            edits.push((at, content::sentence(&mut self.rng)));
         }
+        // The last edit must not be dated after the ceiling (now, in a live step): the whole
+        // exchange moves earlier, keeping its order and spacing.
+        let shift = (at - self.ceiling_ns).max(0);
+        let (date_ns, at) = (date_ns - shift, at - shift);
+        let mut history = vec![(ns_to_seconds(date_ns), original.clone())];
+        history.extend(edits.into_iter().map(|(t, text)| (ns_to_seconds(t - shift), text)));
         let latest = history.last().map(|(_, t)| t.clone()).unwrap_or_default();
         let summary = summary(&history, &original, false);
         let row = Row {
@@ -681,6 +694,9 @@ impl Simulator {
         let original = content::sentence(&mut self.rng);
         let guid = content::guid(&mut self.rng);
         let at = date_ns + self.rng.random_range(3..110) * NANOS_PER_SECOND;
+        // Sent and unsent no later than the ceiling (now, in a live step).
+        let shift = (at - self.ceiling_ns).max(0);
+        let (date_ns, at) = (date_ns - shift, at - shift);
         let row = Row {
             guid: guid.clone(),
             chat,
@@ -810,18 +826,24 @@ impl Simulator {
         }
     }
 
-    /// Writes `n` events of history, dated from `history_days` ago towards now, in
-    /// transactions of 10,000.
+    /// Writes `n` events of history, dated from `history_days` ago towards now (never later
+    /// than a minute ago, edits and unsends included), in transactions of 10,000.
+    ///
+    /// Each gap is drawn around the time left divided by the events left, so the history ends
+    /// near its end instead of drifting past it (a sum of random gaps would overshoot by hours
+    /// as often as not).
     pub fn write_history(&mut self, n: usize) -> Result<(), SimError> {
         let end = epoch::now_apple_ns() - 60 * NANOS_PER_SECOND;
-        let gap = ((end - self.clock_ns) / n.max(1) as i64).max(1);
+        self.ceiling_ns = end;
         self.conn.execute_batch("PRAGMA synchronous = OFF")?;
         let mut written = 0;
         while written < n {
             let batch = (n - written).min(10_000);
             self.conn.execute_batch("BEGIN")?;
-            for _ in 0..batch {
-                self.clock_ns += self.rng.random_range(1..=2 * gap);
+            for i in 0..batch {
+                let left = (n - written - i) as i64;
+                let gap = ((end - self.clock_ns) / left).max(1);
+                self.clock_ns = (self.clock_ns + self.rng.random_range(1..=2 * gap)).min(end);
                 let at = self.clock_ns;
                 self.event(at)?;
             }
@@ -840,10 +862,14 @@ impl Simulator {
     /// owner (within 15 minutes, at most 5), an unsend (within 2 minutes) or a deletion of a
     /// row written at least `delete_after_steps` steps ago (purged, or moved to Recently
     /// Deleted).
+    ///
+    /// Live events are dated by the wall clock and never after it (a row written with its
+    /// edits already in place is dated so that its last edit is now).
     pub fn step(&mut self) -> Result<(), SimError> {
         self.steps += 1;
-        let now = epoch::now_apple_ns().max(self.clock_ns + 1);
-        self.clock_ns = now;
+        let now = epoch::now_apple_ns();
+        self.clock_ns = self.clock_ns.max(now);
+        self.ceiling_ns = now;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = match self.rng.random_range(0..100) {
             0..=9 => self.live_edit(now),
@@ -868,7 +894,14 @@ impl Simulator {
         let Some(i) = self
             .recent
             .iter()
-            .rposition(|r| r.from_me && !r.unsent && r.edits.len() < 5 && now - r.date_ns < window)
+            .rposition(|r| {
+                r.from_me
+                    && !r.unsent
+                    && r.edits.len() < 5
+                    && now - r.date_ns < window
+                    // The next edit must not be dated after now.
+                    && r.edits.last().map_or(ns_to_seconds(r.date_ns), |(d, _)| *d) + MIN_EDIT_GAP_S <= ns_to_seconds(now)
+            })
         else {
             return self.event(now);
         };
@@ -877,7 +910,7 @@ impl Simulator {
         if r.edits.is_empty() {
             r.edits.push((ns_to_seconds(r.date_ns), r.text.clone()));
         }
-        let at_s = ns_to_seconds(now).max(r.edits.last().map(|(d, _)| d + 1.0).unwrap_or(0.0));
+        let at_s = ns_to_seconds(now).max(r.edits.last().map(|(d, _)| d + MIN_EDIT_GAP_S).unwrap_or(0.0));
         r.edits.push((at_s, new_text.clone()));
         let (rowid, guid, chat, n) = (r.rowid, r.guid.clone(), r.chat, r.edits.len() - 1);
         let summary = summary(&r.edits, &r.edits[0].1, false);
@@ -977,4 +1010,72 @@ fn summary(history: &[(f64, String)], original: &str, unsent: bool) -> Vec<u8> {
         (0, crate::apple::typedstream::attributed::utf16_len(original) as i64),
     );
     b.encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every event date the simulator wrote into chat.db (message dates and edit/unsend
+    /// times) and into its manifest.
+    fn latest_dates(sim: &Simulator) -> (i64, i64) {
+        let in_db: i64 = sim
+            .conn
+            .query_row("SELECT MAX(MAX(date), MAX(date_edited)) FROM message", [], |r| r.get(0))
+            .unwrap();
+        let in_manifest = sim.manifest().events.iter().map(|e| e.at_ns).max().unwrap_or(0);
+        (in_db, in_manifest)
+    }
+
+    #[test]
+    fn no_event_is_dated_in_the_future_after_a_bulk_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sim = Simulator::create(SimulatorConfig::new(dir.path(), 5)).unwrap();
+        let before = epoch::now_apple_ns();
+        sim.write_history(300).unwrap();
+        let (db, manifest) = latest_dates(&sim);
+        assert!(
+            db <= before && manifest <= before,
+            "history ends before it was written: {db} / {manifest} > {before}"
+        );
+        let history = sim.manifest().events.len();
+        // Live traffic as fast as it goes: edits of rows written a moment ago, rows written
+        // with their edits in place, unsends.
+        for _ in 0..300 {
+            sim.step().unwrap();
+            let now = epoch::now_apple_ns();
+            let (db, manifest) = latest_dates(&sim);
+            assert!(db <= now, "a chat.db date {} ns after now", db - now);
+            assert!(manifest <= now, "an event dated {} ns after now", manifest - now);
+        }
+        let live = &sim.manifest().events[history..];
+        assert!(
+            live.iter().any(|e| e.kind == "edit"),
+            "live edits still happen at full speed"
+        );
+        // Dated now, or (a row written with its edits or unsend already in place) as far back
+        // as its edits reach, at most 10 minutes.
+        assert!(
+            live.iter().all(|e| e.at_ns >= before - 600 * NANOS_PER_SECOND),
+            "live events are dated now"
+        );
+        assert!(live.iter().filter(|e| e.at_ns >= before).count() > live.len() / 2);
+    }
+
+    #[test]
+    fn the_history_is_the_same_for_the_same_seed() {
+        let events = |dir: &Path| {
+            let mut sim = Simulator::create(SimulatorConfig::new(dir, 9)).unwrap();
+            sim.write_history(2_000).unwrap();
+            sim.manifest()
+                .events
+                .iter()
+                .map(|e| (e.kind.clone(), e.key(), e.text.clone(), e.rowid))
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = events(a.path());
+        assert!(first.len() >= 2_000);
+        assert_eq!(first, events(b.path()));
+    }
 }

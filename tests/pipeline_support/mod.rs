@@ -166,3 +166,74 @@ pub fn assert_archive_matches_manifest(root: &Path, device: &str, manifest: &cap
     );
     records.len()
 }
+
+/// A file projected the way the kubelet projects a downward-API volume: `<dir>/<name>` is a
+/// symlink to `..data/<name>`, and `..data` a symlink to a timestamped directory that is
+/// swapped atomically (rename) on every update.
+pub struct ProjectedFile {
+    dir: PathBuf,
+    name: String,
+    version: std::cell::Cell<u32>,
+}
+
+impl ProjectedFile {
+    /// A projection of `name` in `dir` (created), with `text` as its first content.
+    pub fn new(dir: &Path, name: &str, text: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let file = ProjectedFile {
+            dir: dir.to_path_buf(),
+            name: name.to_owned(),
+            version: std::cell::Cell::new(0),
+        };
+        file.update(text);
+        std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        file
+    }
+
+    /// The path a container reads.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// Replace the content the way the kubelet does.
+    pub fn update(&self, text: &str) {
+        let version = self.version.get() + 1;
+        self.version.set(version);
+        let stamp = format!("..2026_01_01_00_00_{version:02}.{}", std::process::id());
+        std::fs::create_dir_all(self.dir.join(&stamp)).unwrap();
+        std::fs::write(self.dir.join(&stamp).join(&self.name), text).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+/// Poll `check` every 100 ms until it holds, for at most `seconds`; panic with `what` otherwise.
+pub fn wait_until(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The files a process has open (Linux `/proc/<pid>/fd`).
+pub fn open_files(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every archived record of a device in a filesystem archive, or none while it has none.
+pub fn archived_count(root: &Path, device: &str) -> usize {
+    if root.join(device).is_dir() {
+        archived_lines(root, device).len()
+    } else {
+        0
+    }
+}

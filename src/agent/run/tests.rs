@@ -378,8 +378,22 @@ async fn metrics_and_readiness_follow_capture_and_sink_health() {
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(run(settings, source(&list), sinks, shutdown.clone()));
 
+    // The gauges follow the counters a moment later (each delivery task publishes its own):
+    // wait, bounded, until every expected value is there, then check them all.
+    let expected = [
+        "capture_records_captured_total{kind=\"message\"} 300",
+        "capture_records_delivered_total{sink=\"archive\"} 300",
+        "capture_records_pending{sink=\"archive\"} 0",
+        "capture_records_pending{sink=\"down\"} 300",
+        "capture_delivery_errors_total{class=\"transient\",sink=\"down\"}",
+        "capture_sink_healthy{sink=\"down\"} 0",
+        "capture_chain_sequence 300",
+        "capture_spool_full 0",
+        "capture_last_poll_timestamp_seconds",
+    ];
     let mut metrics = String::new();
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let Ok(Ok((200, body))) = tokio::time::timeout(
             Duration::from_secs(2),
@@ -390,25 +404,14 @@ async fn metrics_and_readiness_follow_capture_and_sink_health() {
             continue;
         };
         metrics = body;
-        if metrics.contains("capture_records_delivered_total{sink=\"archive\"} 300")
-            && down.attempts.load(Ordering::SeqCst) >= 2
-        {
+        if expected.iter().all(|e| metrics.contains(e)) && down.attempts.load(Ordering::SeqCst) >= 2 {
             break;
         }
     }
-    for expected in [
-        "capture_records_captured_total{kind=\"message\"} 300",
-        "capture_records_delivered_total{sink=\"archive\"} 300",
-        "capture_records_pending{sink=\"archive\"} 0",
-        "capture_records_pending{sink=\"down\"} 300",
-        "capture_delivery_errors_total{class=\"transient\",sink=\"down\"}",
-        "capture_sink_healthy{sink=\"down\"} 0",
-        "capture_chain_sequence 300",
-        "capture_spool_full 0",
-        "capture_last_poll_timestamp_seconds",
-    ] {
+    for expected in expected {
         assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
     }
+    assert!(down.attempts.load(Ordering::SeqCst) >= 2, "the down sink was retried");
     assert!(!metrics.contains("+1555"), "no phone numbers in metrics");
     assert_eq!(http_get(&addr, "/livez").await.0, 200);
     // Readiness is republished every 250 ms.
@@ -465,4 +468,275 @@ async fn http_get_owned(addr: String, path: &'static str) -> (u16, String) {
         Ok(_) => http_get(&addr, path).await,
         Err(_) => (0, String::new()),
     }
+}
+
+/// Test double of a sink that acknowledges records into a journal of its own and sends them
+/// only on `flush()` (like SMTP per conversation-day), whose flush fails `flush_failures`
+/// times before it works (`u32::MAX`: never).
+struct JournalingSinkDouble {
+    name: String,
+    journal: StdMutex<Vec<u64>>,
+    sent: StdMutex<Vec<u64>>,
+    flush_failures: u32,
+    flush_attempts: AtomicUsize,
+}
+
+impl JournalingSinkDouble {
+    fn new(name: &str, flush_failures: u32) -> Arc<Self> {
+        Arc::new(JournalingSinkDouble {
+            name: name.into(),
+            journal: StdMutex::new(Vec::new()),
+            sent: StdMutex::new(Vec::new()),
+            flush_failures,
+            flush_attempts: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl Sink for JournalingSinkDouble {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn type_name(&self) -> &'static str {
+        "test-double"
+    }
+    async fn start(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    async fn health(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    async fn deliver(&self, batch: &[SpooledRecord], _: &dyn AttachmentStore) -> Result<(), SinkError> {
+        self.journal.lock().unwrap().extend(batch.iter().map(|r| r.seq));
+        Ok(())
+    }
+    async fn flush(&self) -> Result<(), SinkError> {
+        let attempt = self.flush_attempts.fetch_add(1, Ordering::SeqCst) as u32;
+        if attempt < self.flush_failures {
+            return Err(SinkError::Transient("journal server unreachable (test double)".into()));
+        }
+        let mut journal = self.journal.lock().unwrap();
+        self.sent.lock().unwrap().append(&mut journal);
+        Ok(())
+    }
+    async fn buffered(&self) -> Result<u64, SinkError> {
+        Ok(self.journal.lock().unwrap().len() as u64)
+    }
+}
+
+async fn run_journaling(tmp: &Path, sink: Arc<JournalingSinkDouble>) -> (AgentExit, String) {
+    let list = Arc::new(StdMutex::new(drafts(300, tmp, 0)));
+    let telemetry = Telemetry::new().unwrap();
+    let registry = telemetry.metrics.registry.clone();
+    let sinks: Vec<Arc<dyn Sink>> = vec![fs_sink("archive", &tmp.join("archive")), sink];
+    let exit = run_with(
+        settings(tmp, &["archive", "journal"]),
+        Mode::Capture(source(&list)),
+        sinks,
+        Signals::default(),
+        telemetry,
+    )
+    .await
+    .unwrap();
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut text).unwrap();
+    (exit, String::from_utf8(text).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_sink_still_holds_in_its_journal_after_the_drain_are_pending_in_the_receipt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = JournalingSinkDouble::new("journal", u32::MAX);
+    let (exit, metrics) = run_journaling(tmp.path(), Arc::clone(&sink)).await;
+    // Every record was acknowledged (the cursor is at the head) but none left the journal.
+    assert_eq!(exit.receipt.records_captured, 300);
+    assert_eq!(exit.receipt.pending["archive"], 0);
+    assert_eq!(exit.receipt.pending["journal"], 300);
+    assert_eq!((exit.receipt.pending_total, exit.receipt.complete), (300, false));
+    assert!(
+        sink.flush_attempts.load(Ordering::SeqCst) >= 2,
+        "the failed flush was retried"
+    );
+    assert!(sink.sent.lock().unwrap().is_empty());
+    assert!(
+        metrics.contains("capture_records_pending{sink=\"journal\"} 300"),
+        "{metrics}"
+    );
+    let written = std::fs::read_to_string(tmp.path().join("termination-log")).unwrap();
+    assert_eq!(DrainReceipt::parse(&written), Some(exit.receipt));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_fails_then_works_is_retried_and_the_drain_is_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = JournalingSinkDouble::new("journal", 2);
+    let (exit, metrics) = run_journaling(tmp.path(), Arc::clone(&sink)).await;
+    assert!(exit.receipt.complete, "{:?}", exit.receipt);
+    assert_eq!(exit.receipt.pending["journal"], 0);
+    assert_eq!(sink.flush_attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(*sink.sent.lock().unwrap(), (1..=300).collect::<Vec<u64>>());
+    assert!(
+        metrics.contains("capture_records_pending{sink=\"journal\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_only_delivers_what_the_spool_holds_without_capturing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A run whose second sink was down leaves 400 records pending for it in the spool.
+    let list = Arc::new(StdMutex::new(drafts(400, tmp.path(), 0)));
+    let down = Arc::new(DownSink {
+        name: "down".into(),
+        permanent: false,
+        attempts: AtomicUsize::new(0),
+    });
+    let mut first = settings(tmp.path(), &["archive", "down"]);
+    first.until_idle = false;
+    let shutdown = CancellationToken::new();
+    let archive = tmp.path().join("archive");
+    let stopper = shutdown.clone();
+    tokio::spawn(async move {
+        while !(archive.join(DEVICE).is_dir() && verify(&archive).map(|r| r.records).unwrap_or(0) == 400) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stopper.cancel();
+    });
+    let sinks: Vec<Arc<dyn Sink>> = vec![fs_sink("archive", &tmp.path().join("archive")), down];
+    let exit = run(first, source(&list), sinks, shutdown).await.unwrap();
+    assert_eq!(exit.receipt.pending["down"], 400);
+
+    // The drain-only run: no source at all; the sink is back.
+    let sinks: Vec<Arc<dyn Sink>> = vec![
+        fs_sink("archive", &tmp.path().join("archive")),
+        fs_sink("down", &tmp.path().join("recovered")),
+    ];
+    let drained = run_with(
+        settings(tmp.path(), &["archive", "down"]),
+        Mode::DrainOnly,
+        sinks,
+        Signals::default(),
+        Telemetry::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((drained.reason, drained.code), (StopReason::DrainOnly, 0));
+    assert!(drained.receipt.complete, "{:?}", drained.receipt);
+    assert_eq!(drained.receipt.records_captured, 400, "nothing new was captured");
+    assert_eq!(drained.receipt.chain_head, exit.receipt.chain_head);
+    let report = verify(&tmp.path().join("recovered")).unwrap();
+    assert!(report.ok && report.records == 400, "{:?}", report.problems);
+    let written = std::fs::read_to_string(tmp.path().join("termination-log")).unwrap();
+    assert_eq!(DrainReceipt::parse(&written), Some(drained.receipt));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_only_without_a_spool_is_a_complete_drain_of_nothing_and_creates_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exit = run_with(
+        settings(tmp.path(), &["archive"]),
+        Mode::DrainOnly,
+        vec![fs_sink("archive", &tmp.path().join("archive"))],
+        Signals::default(),
+        Telemetry::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((exit.reason, exit.code), (StopReason::DrainOnly, 0));
+    assert!(exit.receipt.complete);
+    assert_eq!((exit.receipt.records_captured, exit.receipt.pending_total), (0, 0));
+    assert!(!tmp.path().join("spool").exists(), "the spool was not created");
+    let written = std::fs::read_to_string(tmp.path().join("termination-log")).unwrap();
+    assert_eq!(DrainReceipt::parse(&written), Some(exit.receipt));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_only_ends_at_the_timeout_or_on_sigterm_with_the_pending_records_in_the_receipt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = Arc::new(StdMutex::new(drafts(50, tmp.path(), 0)));
+    // Spool 50 records with a sink that then goes away for good.
+    let exit = run(
+        settings(tmp.path(), &["archive"]),
+        source(&list),
+        vec![fs_sink("archive", &tmp.path().join("archive"))],
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(exit.receipt.complete);
+    let down = || -> Vec<Arc<dyn Sink>> {
+        vec![Arc::new(DownSink {
+            name: "archive".into(),
+            permanent: false,
+            attempts: AtomicUsize::new(0),
+        })]
+    };
+    // A new sink ("archive" is replaced by "other", whose cursor starts at the compaction
+    // floor, 0) that is down: the drain timeout (2 s) ends it.
+    let timed = settings(tmp.path(), &["other"]);
+    let sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(DownSink {
+        name: "other".into(),
+        permanent: true,
+        attempts: AtomicUsize::new(0),
+    })];
+    let exit = run_with(
+        timed,
+        Mode::DrainOnly,
+        sinks,
+        Signals::default(),
+        Telemetry::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(exit.code, 0, "the drain timeout ends a drain with exit 0");
+    assert_eq!((exit.receipt.pending["other"], exit.receipt.complete), (50, false));
+
+    // SIGTERM cuts a long drain short, with the same honest receipt.
+    let mut long = settings(tmp.path(), &["archive"]);
+    long.config.drain_timeout_seconds = 3_000;
+    let signals = Signals::default();
+    let term = signals.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        term.cancel();
+    });
+    let sinks = down();
+    // "archive" was forgotten by the run above (not configured there): it starts at 0 again.
+    let exit = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_with(long, Mode::DrainOnly, sinks, signals, Telemetry::new().unwrap()),
+    )
+    .await
+    .expect("SIGTERM ended the drain")
+    .unwrap();
+    assert_eq!((exit.reason, exit.code), (StopReason::DrainOnly, 0));
+    assert_eq!((exit.receipt.pending["archive"], exit.receipt.complete), (50, false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_drains_like_a_shutdown_and_says_why_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = Arc::new(StdMutex::new(drafts(200, tmp.path(), 0)));
+    let mut settings = settings(tmp.path(), &["archive"]);
+    settings.until_idle = false;
+    let signals = Signals::default();
+    let reload = signals.reload.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        reload.cancel();
+    });
+    let exit = run_with(
+        settings,
+        Mode::Capture(source(&list)),
+        vec![fs_sink("archive", &tmp.path().join("archive"))],
+        signals,
+        Telemetry::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((exit.reason, exit.code), (StopReason::Reload, 0));
+    assert!(exit.receipt.complete, "{:?}", exit.receipt);
+    let report = verify(&tmp.path().join("archive")).unwrap();
+    assert_eq!(report.records, exit.receipt.records_captured);
 }

@@ -65,6 +65,16 @@ pub trait ArchiveIndex {
 /// next poll and retries; nothing already spooled is affected.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// Messages has not created its database yet: chat.db does not exist, or has none (or not
+    /// all) of Messages' tables yet — a device that has just booted. Not a fault: the pipeline
+    /// waits, not ready, and polls again.
+    #[error("waiting for {path}: {reason}")]
+    NotYet {
+        /// The database path.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
     /// chat.db could not be opened (missing, locked, permissions).
     #[error("cannot open {path}: {reason}")]
     Open {

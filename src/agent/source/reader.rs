@@ -84,6 +84,42 @@ pub struct ChatDbReader {
     has_recently_deleted: bool,
 }
 
+/// What the tables of a database say about it.
+#[derive(Debug, PartialEq, Eq)]
+enum SchemaState {
+    /// Messages' `message`, `chat` and `handle` tables are there.
+    Messages,
+    /// No tables yet, or only some of Messages' own: Messages is creating it.
+    Creating(&'static str),
+    /// Tables that Messages does not create, without Messages' core tables: another database.
+    Foreign,
+}
+
+fn schema_state(tables: &[String]) -> SchemaState {
+    let has = |name: &str| tables.iter().any(|t| t == name);
+    if has("message") && has("chat") && has("handle") {
+        return SchemaState::Messages;
+    }
+    if tables.is_empty() {
+        return SchemaState::Creating("chat.db has no tables yet");
+    }
+    let apple = apple_table_names();
+    if tables.iter().all(|t| apple.contains(&t.as_str())) {
+        SchemaState::Creating("chat.db has only some of Messages' tables yet")
+    } else {
+        SchemaState::Foreign
+    }
+}
+
+/// The names of the tables Messages creates (from `apple::schema`).
+fn apple_table_names() -> Vec<&'static str> {
+    crate::apple::schema::TABLES
+        .iter()
+        .filter_map(|sql| sql.strip_prefix("CREATE TABLE "))
+        .filter_map(|rest| rest.split([' ', '(']).next())
+        .collect()
+}
+
 fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
@@ -102,7 +138,17 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
 impl ChatDbReader {
     /// Opens chat.db read-only (through its WAL) and checks that it is a Messages database.
     pub fn open(config: &ReaderConfig) -> Result<Self, SourceError> {
-        let mut reader = ChatDbReader {
+        let mut reader = Self::new(config);
+        reader.connect()?;
+        Ok(reader)
+    }
+
+    /// A reader that opens chat.db at its first poll, and at every poll until the database is
+    /// there: while Messages has not created it (or its tables) yet, polls fail with
+    /// [`SourceError::NotYet`]; a file that is something else fails with
+    /// [`SourceError::Open`] — and both are retried, so the agent never exits over them.
+    pub fn new(config: &ReaderConfig) -> Self {
+        ChatDbReader {
             config: config.clone(),
             conn: None,
             file_id: None,
@@ -119,9 +165,7 @@ impl ChatDbReader {
             last_full_cycle: None,
             dates_in_seconds: None,
             has_recently_deleted: false,
-        };
-        reader.connect()?;
-        Ok(reader)
+        }
     }
 
     /// The configuration.
@@ -139,7 +183,10 @@ impl ChatDbReader {
     fn connect(&mut self) -> Result<(), SourceError> {
         let path = &self.config.chat_db;
         if !path.exists() {
-            return Err(self.open_error("no such file"));
+            return Err(SourceError::NotYet {
+                path: path.clone(),
+                reason: "chat.db does not exist yet".into(),
+            });
         }
         let conn = Connection::open_with_flags(
             path,
@@ -149,15 +196,21 @@ impl ChatDbReader {
         conn.busy_timeout(Duration::from_millis(2000))
             .map_err(|e| self.open_error(e))?;
         conn.set_prepared_statement_cache_capacity(32);
-        let is_messages: bool = conn
-            .query_row(
-                "SELECT COUNT(*) = 3 FROM sqlite_master WHERE type = 'table' AND name IN ('message', 'chat', 'handle')",
-                [],
-                |r| r.get(0),
-            )
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
             .map_err(|e| self.open_error(e))?;
-        if !is_messages {
-            return Err(self.open_error("not a Messages database (no message, chat and handle tables)"));
+        match schema_state(&tables) {
+            SchemaState::Messages => {}
+            SchemaState::Creating(reason) => {
+                return Err(SourceError::NotYet {
+                    path: path.clone(),
+                    reason: reason.into(),
+                });
+            }
+            SchemaState::Foreign => {
+                return Err(self.open_error("not a Messages database (no message, chat and handle tables)"));
+            }
         }
         self.has_recently_deleted = conn
             .query_row(
@@ -527,5 +580,40 @@ impl RecordSource for ChatDbReader {
         let mut wal = db.clone().into_os_string();
         wal.push("-wal");
         vec![db.clone(), PathBuf::from(wal)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_database_being_created_is_waited_for_and_another_one_is_foreign() {
+        assert_eq!(
+            schema_state(&names(&["message", "chat", "handle", "x"])),
+            SchemaState::Messages
+        );
+        assert!(matches!(schema_state(&[]), SchemaState::Creating(_)));
+        assert!(matches!(
+            schema_state(&names(&["_SqliteDatabaseProperties", "handle"])),
+            SchemaState::Creating(_)
+        ));
+        assert_eq!(schema_state(&names(&["t"])), SchemaState::Foreign);
+        assert_eq!(schema_state(&names(&["handle", "orders"])), SchemaState::Foreign);
+        let apple = apple_table_names();
+        for table in [
+            "message",
+            "chat",
+            "handle",
+            "attachment",
+            "chat_message_join",
+            "sqlite_sequence",
+        ] {
+            assert!(apple.contains(&table), "{table} in {apple:?}");
+        }
     }
 }

@@ -141,6 +141,12 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// Whether `dir` holds a spool (checked without creating anything: a drain-only agent
+    /// treats a volume without one as holding nothing to deliver).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(schema::DB_FILE).is_file()
+    }
+
     /// Open (or create) the spool in `dir` for `device`.
     pub fn open(dir: &Path, device: &str) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|source| SpoolError::Io {
