@@ -214,7 +214,9 @@ async fn recreate_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
                 let devices = devices.clone();
                 let patch = patch.clone();
                 async move {
-                    let _ = devices.patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await;
+                    let _ = devices
+                        .patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                        .await;
                 }
             })
             .await;

@@ -280,7 +280,14 @@ pub fn device_pod(plan: &PodPlan<'_>) -> Pod {
             owner_of_device(device),
             settings.drain_timeout.as_secs() as i64,
         ),
-        PodRole::Spare => (ROLE_SPARE, None, owner_of_pool(pool), 60),
+        // A spare's Pod spec cannot change when it is claimed, so it gets the default device
+        // drain timeout up front (a device with a longer one finishes its drain in a drain Pod).
+        PodRole::Spare => (
+            ROLE_SPARE,
+            None,
+            owner_of_pool(pool),
+            super::settings::DEFAULT_DRAIN_TIMEOUT.as_secs() as i64,
+        ),
     };
     let config = agent_config(plan);
     let mut annotations = BTreeMap::from([

@@ -74,14 +74,15 @@ fn incomplete_reason(r: &DrainReceipt) -> String {
 ///
 /// `volume_exists`: the device has a volume, so its spool may hold undelivered records.
 pub fn plan(pods: &[(&Pod, PodFacts)], previous: &CaptureDeviceStatus, volume_exists: bool, now: Timestamp) -> Plan {
-    // 1. A Pod whose agent has stopped: its receipt decides.
-    if let Some((_, facts)) = pods
-        .iter()
-        .find(|(_, f)| f.agent_termination_message.is_some() || f.finished)
-    {
+    // 1. A Pod whose agent has stopped for good: its receipt decides. Only a Pod that finished
+    //    (drain Pods; Pods the kubelet stopped at their deadline) or that we asked to stop
+    //    counts: an agent that exited to reload its configuration is restarted by the kubelet,
+    //    and its receipt says nothing about the device's end.
+    let stopped = |f: &PodFacts| f.finished || (f.drain_requested && f.agent_termination_message.is_some());
+    if let Some((_, facts)) = pods.iter().find(|(_, f)| stopped(f)) {
         let finished: Vec<String> = pods
             .iter()
-            .filter(|(_, f)| f.agent_termination_message.is_some() || f.finished)
+            .filter(|(_, f)| stopped(f))
             .map(|(_, f)| f.name.clone())
             .collect();
         return match facts.receipt() {
@@ -305,6 +306,34 @@ status:
         let (p, f) = finished("panic: out of memory");
         let plan = super::plan(&[(&p, f)], &Default::default(), true, now());
         assert!(matches!(plan.view, DrainView::Incomplete { receipt: None, .. }));
+    }
+
+    #[test]
+    fn a_receipt_from_a_reload_restart_does_not_end_the_device() {
+        // The agent exited 0 to reload its configuration (no stop was requested) and the
+        // kubelet shows its termination until it restarts: not a drain.
+        let (p, f) = pod(r#"
+metadata: {name: cdev-jane, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec: {containers: [{name: device}, {name: agent}]}
+status:
+  phase: Running
+  startTime: "2026-01-01T00:00:00Z"
+  containerStatuses:
+  - name: agent
+    ready: false
+    restartCount: 1
+    image: a
+    imageID: ""
+    state:
+      terminated:
+        exitCode: 0
+        message: '{"schema":"capturefleet.dev/drain-receipt/v1","recordsCaptured":9,"lastSequence":9,"chainHead":"h","pending":{},"pendingTotal":0,"complete":true,"finishedAt":"2026-01-01T00:59:00Z"}'
+"#);
+        let plan = super::plan(&[(&p, f)], &Default::default(), true, now());
+        assert!(
+            !matches!(plan.view, DrainView::Complete(_)),
+            "a reload receipt must not finish offboarding: {plan:?}"
+        );
     }
 
     #[test]
