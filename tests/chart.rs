@@ -420,8 +420,9 @@ fn release_sets(file: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs helm from the test cluster's bin dir (tests/cluster/up); run by `make test`"]
 fn rendered_rbac_is_least_privilege_in_every_mode() {
-    let cases: Vec<(&str, Vec<String>, &str, &str, &str, bool)> = vec![
-        // (values file, sets, scope of the namespaced rules, service account, lease, owner-ref rules)
+    /// (values file, sets, scope of the namespaced rules, service account, lease, owner-ref rules)
+    type Case<'a> = (&'a str, Vec<String>, &'a str, &'a str, &'a str, bool);
+    let cases: Vec<Case> = vec![
         ("", vec![], CLUSTER_WIDE, "rel-capturefleet", "rel-capturefleet", false),
         (
             "ci/namespaced-values.yaml",
@@ -873,7 +874,7 @@ spec:
     .to_owned();
     for (i, d) in devices.iter().enumerate() {
         yaml.push_str(&format!(
-            "---\napiVersion: capturefleet.dev/v1alpha1\nkind: CaptureDevice\nmetadata: {{name: {d}}}\nspec:\n  user: {{id: \"e{i:04}\"}}\n  poolRef: {{name: advisers}}\n  sinkRefs: [{{name: archive}}]\n"
+            "---\napiVersion: capturefleet.dev/v1alpha1\nkind: CaptureDevice\nmetadata: {{name: {d}}}\nspec:\n  user: {{id: \"e{i:04}\", displayName: \"Jane Quincy Adviser{i}\", email: \"jane.adviser{i}@example.com\"}}\n  poolRef: {{name: advisers}}\n  sinkRefs: [{{name: archive}}]\n"
         ));
     }
     yaml
@@ -1040,6 +1041,10 @@ async fn assert_no_denials(
         release.service_account()
     );
     let log = op.log_text();
+    assert!(
+        !log.contains("Jane Quincy Adviser") && !log.contains("@example.com"),
+        "the operator logged an employee's name or e-mail address"
+    );
     let denied: Vec<&str> = log
         .lines()
         .filter(|l| {
@@ -1297,6 +1302,64 @@ async fn operator_rbac_is_sufficient_and_minimal_in_namespaced_mode() {
         "no cluster-wide Pod access in namespaced mode"
     );
     assert!(can_i(&user, &["create", "pods", "-n", &tenant.name]));
+    tenants_manage_capturefleet_objects_through_the_built_in_roles(&tenant.name, &other.name).await;
+}
+
+/// With the release installed, `edit` and `view` bound in a namespace cover capturefleet's
+/// objects there (the chart's aggregated ClusterRoles), and nothing elsewhere.
+async fn tenants_manage_capturefleet_objects_through_the_built_in_roles(ns: &str, other: &str) {
+    let binding = |name: &str, role: &str, user: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
+        )
+    };
+    let yaml = format!(
+        "{}---\n{}",
+        binding("editors", "edit", "tenant-editor"),
+        binding("viewers", "view", "tenant-viewer")
+    );
+    must(&tools::cluster_bin("kubectl"), &["apply", "-f", "-"], Some(&yaml));
+    // The aggregation controller folds the chart's roles into view/edit/admin asynchronously.
+    eventually(WAIT, "edit to cover CaptureDevices", || async {
+        can_i(
+            "tenant-editor",
+            &["create", "capturedevices.capturefleet.dev", "-n", ns],
+        )
+        .then_some(())
+    })
+    .await;
+    for args in [
+        vec!["delete", "capturedevices.capturefleet.dev"],
+        vec!["update", "devicepools.capturefleet.dev"],
+        vec!["patch", "devicepools.capturefleet.dev", "--subresource", "scale"],
+        vec!["create", "archivesinks.capturefleet.dev"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["-n", ns]);
+        assert!(can_i("tenant-editor", &args), "edit does not allow {args:?}");
+    }
+    eventually(WAIT, "view to cover CaptureDevices", || async {
+        can_i("tenant-viewer", &["list", "capturedevices.capturefleet.dev", "-n", ns]).then_some(())
+    })
+    .await;
+    assert!(can_i(
+        "tenant-viewer",
+        &["get", "archivesinks.capturefleet.dev", "-n", ns]
+    ));
+    assert!(!can_i(
+        "tenant-viewer",
+        &["create", "capturedevices.capturefleet.dev", "-n", ns]
+    ));
+    assert!(
+        !can_i("tenant-viewer", &["get", "secrets", "-n", ns]),
+        "view never reads Secrets"
+    );
+    assert!(!can_i(
+        "tenant-editor",
+        &["list", "capturedevices.capturefleet.dev", "-n", other]
+    ));
 }
 
 #[tokio::test]
@@ -1388,6 +1451,33 @@ async fn agent_metrics_pass_promtool_check_metrics() {
     let _ = simulator.wait();
     let _ = agent.kill();
     let _ = agent.wait();
+    // No personal data in the agent's log: no handle (phone number, e-mail address) and no
+    // message text of the simulated device appears in it.
+    let agent_log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(agent_log.lines().count() > 3, "the agent logged:\n{agent_log}");
+    let db = rusqlite::Connection::open_with_flags(device.join("chat.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let mut personal: Vec<String> = db
+        .prepare("SELECT id FROM handle")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!personal.is_empty());
+    personal.extend(
+        db.prepare("SELECT text FROM message WHERE length(text) >= 12")
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap),
+    );
+    for p in &personal {
+        assert!(
+            !agent_log.contains(p.as_str()),
+            "the agent's log contains personal data {p:?}"
+        );
+    }
     let r = tools::run(&promtool, &["check", "metrics"], Some(&metrics), &[]);
     assert!(
         r.ok,
