@@ -36,6 +36,15 @@ const VALUE_FILES: &[&str] = &[
 /// Operator tests watch devices; a cluster-mode operator would also act on the namespaced
 /// test's devices, so they take turns.
 static ONE_OPERATOR_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The CRD upgrade test applies an older CRD and checks Helm replaces it; the other tests'
+/// server-side apply of the current CRDs must not run in between.
+static CRD_CHANGES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Install the current CRDs (server-side apply), unless the CRD upgrade test is running.
+async fn current_crds(client: &kube::Client) {
+    let _shared = CRD_CHANGES.read().await;
+    install_crds(client).await;
+}
 
 fn yaml_file(path: &std::path::Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -658,7 +667,7 @@ fn dashboard_queries_are_valid_promql() {
 #[ignore = "needs the test cluster (tests/cluster/up) and the Go module proxy; run by `make test`"]
 async fn rendered_manifests_pass_server_side_dry_run() {
     let client = client().await;
-    install_crds(&client).await;
+    current_crds(&client).await;
     // The Prometheus Operator's CRDs, so ServiceMonitor, PodMonitor and PrometheusRule are
     // validated by the API server too.
     let crds = tools::prometheus_operator_crds();
@@ -726,6 +735,7 @@ async fn rendered_manifests_pass_server_side_dry_run() {
 #[ignore = "needs the test cluster (tests/cluster/up); run by `make test`"]
 async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
     let client = client().await;
+    let _exclusive = CRD_CHANGES.write().await;
     install_crds(&client).await;
     let sys = TestNamespace::new(&client, "chart-crd").await;
     let release = format!("crd-{:06x}", rand::random::<u32>() & 0xffffff);
@@ -1169,7 +1179,7 @@ fn assert_listed_rules_clean(user: &str, ns: &str) {
 async fn operator_rbac_is_sufficient_and_minimal_in_cluster_mode() {
     let _turn = ONE_OPERATOR_AT_A_TIME.lock().await;
     let client = client().await;
-    install_crds(&client).await;
+    current_crds(&client).await;
     let sys = TestNamespace::new(&client, "chart-sys").await;
     let tenant = TestNamespace::new(&client, "chart-tenant").await;
     let dir = scratch("cluster-mode");
@@ -1242,7 +1252,7 @@ async fn operator_rbac_is_sufficient_and_minimal_in_cluster_mode() {
 async fn operator_rbac_is_sufficient_and_minimal_in_namespaced_mode() {
     let _turn = ONE_OPERATOR_AT_A_TIME.lock().await;
     let client = client().await;
-    install_crds(&client).await;
+    current_crds(&client).await;
     let sys = TestNamespace::new(&client, "chart-nsys").await;
     let tenant = TestNamespace::new(&client, "chart-ntenant").await;
     let other = TestNamespace::new(&client, "chart-nother").await;
