@@ -17,4 +17,5 @@ cluster-down:
 	@tests/cluster/down
 crds:
 	cargo run --quiet -- crd > crds/capturefleet.dev.yaml
+	cp crds/capturefleet.dev.yaml charts/capturefleet/files/crds/capturefleet.dev.yaml
 	cargo run --quiet -- crd --reference > docs/crd-reference.md

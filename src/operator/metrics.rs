@@ -19,6 +19,10 @@ pub struct OperatorMetrics {
     pub devices_outdated: IntGauge,
     /// Devices waiting for a Mac host slot or the pool limit, by reason.
     pub devices_waiting: IntGaugeVec,
+    /// For devices whose `Ready` condition is False: the longest time since it became False,
+    /// by phase (0 when no device of that phase is unready). Alerts on devices awaiting
+    /// enrollment or draining for too long use it without any per-device label.
+    pub longest_not_ready: IntGaugeVec,
     /// Warm spares ready to be claimed.
     pub warm_spares: IntGauge,
     /// Kubernetes API requests by verb, resource and status class.
@@ -79,6 +83,13 @@ impl OperatorMetrics {
                 ),
                 &["reason"],
             )?,
+            longest_not_ready: IntGaugeVec::new(
+                Opts::new(
+                    "capturefleet_devices_longest_not_ready_seconds",
+                    "Longest time any device of this phase has had Ready=False (0 when none)",
+                ),
+                &["phase"],
+            )?,
             warm_spares: IntGauge::new("capturefleet_warm_spares", "Booted, unclaimed warm spare devices")?,
             api_requests: IntCounterVec::new(
                 Opts::new(
@@ -117,6 +128,7 @@ impl OperatorMetrics {
         registry.register(Box::new(m.devices.clone()))?;
         registry.register(Box::new(m.devices_outdated.clone()))?;
         registry.register(Box::new(m.devices_waiting.clone()))?;
+        registry.register(Box::new(m.longest_not_ready.clone()))?;
         registry.register(Box::new(m.warm_spares.clone()))?;
         registry.register(Box::new(m.api_requests.clone()))?;
         registry.register(Box::new(m.invalid_objects.clone()))?;
