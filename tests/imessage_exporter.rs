@@ -90,7 +90,13 @@ fn parse_export(text: &str) -> Facts {
                 in_tapbacks = true;
                 continue;
             }
-            if in_tapbacks || l.starts_with('/') || l == "This message responded to an earlier message." {
+            // Annotations, not texts: a reply marker and a message moved to Recently Deleted
+            // (we archive its text in its conversation, then a deletion record).
+            if in_tapbacks
+                || l.starts_with('/')
+                || l == "This message responded to an earlier message."
+                || l == "This message was deleted from the conversation!"
+            {
                 continue;
             }
             if let Some(pos) = l.find(" later: ").filter(|_| l.starts_with("Edited ")) {

@@ -305,3 +305,17 @@ pub fn existing_guids(
     }
     Ok(out)
 }
+
+/// The chat a message moved to Recently Deleted came from (`chat_recoverable_message_join`):
+/// a row deleted before the reader first saw it is still archived in its conversation.
+pub fn recoverable_chat(conn: &Connection, rowid: i64) -> Result<Option<i64>, SourceError> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(
+        "SELECT chat_id FROM chat_recoverable_message_join WHERE message_id = ?1 ORDER BY chat_id LIMIT 1",
+    )
+    .and_then(|mut s| s.query_row([rowid], |r| r.get(0)).optional())
+    .map_err(|e| SourceError::Query {
+        table: "chat_recoverable_message_join",
+        reason: e.to_string(),
+    })
+}

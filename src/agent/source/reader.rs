@@ -350,7 +350,11 @@ impl ChatDbReader {
                 continue;
             }
             let conn = self.conn.as_ref().expect("connected");
-            let conversation = match row.chat_id {
+            let chat_id = match row.chat_id {
+                None if self.has_recently_deleted => message::recoverable_chat(conn, row.rowid)?,
+                id => id,
+            };
+            let conversation = match chat_id {
                 Some(id) => self.chats.conversation(conn, id)?,
                 None => None,
             };
@@ -389,7 +393,11 @@ impl ChatDbReader {
             );
             let mut all_archived = true;
             for d in drafts {
-                if index.contains_key(&d.record.idempotency_key) {
+                // A rescan in the same cycle as the forward pass sees rows whose drafts are
+                // still queued here (not yet handed out, so not yet in the index).
+                if index.contains_key(&d.record.idempotency_key)
+                    || (rescan && self.queued(&d.record.idempotency_key))
+                {
                     continue;
                 }
                 all_archived = false;
@@ -400,6 +408,11 @@ impl ChatDbReader {
             }
         }
         Ok(())
+    }
+
+    /// Whether a draft with this key is queued but not yet handed out.
+    fn queued(&self, key: &str) -> bool {
+        self.pending.iter().any(|d| d.record.idempotency_key == key)
     }
 
     fn forward(&mut self, index: &dyn ArchiveIndex, limit: usize) -> Result<bool, SourceError> {
@@ -488,7 +501,7 @@ impl ChatDbReader {
         for (guid, key) in &live {
             if !present.contains(guid) {
                 let d = stamp.deletion(guid, key);
-                if !index.contains_key(&d.record.idempotency_key) {
+                if !index.contains_key(&d.record.idempotency_key) && !self.queued(&d.record.idempotency_key) {
                     drafts.push(d);
                 }
             }
