@@ -105,23 +105,32 @@ async fn capturing(pods: &Api<Pod>, devices: &Api<CaptureDevice>, device: &str) 
 /// A Mac host only this test's pods can use (tainted), so capacity is deterministic.
 async fn dedicated_host(client: &Client, name: &str, slots: u32) {
     let nodes: Api<Node> = Api::all(client.clone());
+    // The capacity is part of the created object (nodes may set their status on create): a
+    // status patch after creation races kwok's first status update, which copies the
+    // allocatable it read and can write it back empty.
+    let capacity =
+        json!({"cpu": "10", "memory": "32Gi", "pods": "110", "capturefleet.dev/macos-vm": slots.to_string()});
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
                      "labels": {"kubernetes.io/hostname": name, "capturefleet.dev/mac-host": "true", "dedicated": name, "type": "kwok"}},
-        "spec": {"taints": [{"key": "dedicated", "value": name, "effect": "NoSchedule"}]}
+        "spec": {"taints": [{"key": "dedicated", "value": name, "effect": "NoSchedule"}]},
+        "status": {"capacity": capacity, "allocatable": capacity}
     }))
     .unwrap();
     nodes.create(&PostParams::default(), &node).await.unwrap();
-    let capacity =
-        json!({"cpu": "10", "memory": "32Gi", "pods": "110", "capturefleet.dev/macos-vm": slots.to_string()});
-    nodes
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"capacity": capacity, "allocatable": capacity}})),
-        )
-        .await
-        .unwrap();
+    eventually(WAIT, "the dedicated Mac host Ready with its slots", || async {
+        let status = nodes.get(name).await.ok()?.status?;
+        let ready = status
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let slots_there = status
+            .allocatable?
+            .get("capturefleet.dev/macos-vm")
+            .is_some_and(|q| q.0 == slots.to_string());
+        (ready && slots_there).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -398,14 +407,20 @@ async fn a_rolling_update_replaces_agent_first_within_max_unavailable_and_halts_
         },
     )
     .await;
-    let status = pools.get("roll").await.unwrap().status.unwrap();
-    assert_eq!(status.outdated, 0);
-    assert!(
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "RolloutHalted" && c.status == "False")
-    );
+    // The pool's status follows its devices' (a reconcile later).
+    eventually(
+        WAIT,
+        "the pool to report no outdated device and the rollout resumed",
+        || async {
+            let s = pools.get("roll").await.ok()?.status?;
+            let resumed = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "RolloutHalted" && c.status == "False");
+            (s.outdated == 0 && resumed).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -452,8 +467,9 @@ async fn a_failing_device_is_recreated_with_backoff_then_marked_failed() {
     .await;
     let created = second.metadata.creation_timestamp.clone().unwrap().0;
     let retry: k8s_openapi::jiff::Timestamp = failures.retry_after.unwrap().parse().unwrap();
+    // creationTimestamp has whole seconds: compare at that precision.
     assert!(
-        created >= retry,
+        created.as_second() >= retry.as_second(),
         "recreated at {created}, before the backoff ended at {retry}"
     );
     fail(second.name_any()).await;

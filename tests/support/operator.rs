@@ -41,7 +41,11 @@ impl OperatorProcess {
                 "--identity",
                 identity,
             ])
-            .env("RUST_LOG", "info,kube=warn")
+            // CAPTUREFLEET_TEST_OPERATOR_LOG overrides the filter when debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("CAPTUREFLEET_TEST_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()

@@ -395,9 +395,7 @@ impl ChatDbReader {
             for d in drafts {
                 // A rescan in the same cycle as the forward pass sees rows whose drafts are
                 // still queued here (not yet handed out, so not yet in the index).
-                if index.contains_key(&d.record.idempotency_key)
-                    || (rescan && self.queued(&d.record.idempotency_key))
-                {
+                if index.contains_key(&d.record.idempotency_key) || (rescan && self.queued(&d.record.idempotency_key)) {
                     continue;
                 }
                 all_archived = false;

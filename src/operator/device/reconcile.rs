@@ -31,6 +31,11 @@ use crate::operator::labels::{self, DRAIN_FINALIZER, FIELD_MANAGER};
 /// something changed), with jitter so a fleet does not move in lockstep.
 const RESYNC: Duration = Duration::from_secs(600);
 
+/// How often a device in a transitional or unhealthy phase is looked at again even without a
+/// watch event, so that a missed or coalesced Pod event costs seconds, not a resync period.
+/// (Cache reads only; nothing is written unless the status changed.)
+const UNSETTLED_RECHECK: Duration = Duration::from_secs(20);
+
 fn jitter(base: Duration) -> Duration {
     let spread = base.as_millis() as u64 / 10;
     base + Duration::from_millis(rand::random_range(0..=spread.max(1)))
@@ -216,7 +221,12 @@ pub async fn reconcile(device: Arc<CaptureDevice>, ctx: Arc<Context>) -> Result<
         ctx.failures.clear(&key);
     }
     write_status(&ctx, &devices, &device, &computed.status, computed.phase).await?;
-    let next = [recheck, computed.recheck_after]
+    let unsettled = matches!(
+        computed.phase,
+        DevicePhase::Provisioning | DevicePhase::Degraded | DevicePhase::Draining
+    )
+    .then_some(UNSETTLED_RECHECK);
+    let next = [recheck, computed.recheck_after, unsettled]
         .into_iter()
         .flatten()
         .min()
@@ -236,8 +246,14 @@ async fn write_status(
     // Nothing to write when the stored status is this one — or when this one was the last we
     // wrote and the cache simply has not caught up yet.
     if &previous == status || ctx.written.is_last(&key, status) {
+        tracing::debug!(
+            phase = phase.as_str(),
+            stored = previous.phase.map(|p| p.as_str()),
+            "status unchanged"
+        );
         return Ok(());
     }
+    tracing::debug!(phase = phase.as_str(), "writing the status");
     apply::apply_status(api, &device.name_any(), status).await?;
     ctx.written.remember(&key, status);
     // An event for each transition (the very first status is not a transition).
