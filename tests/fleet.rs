@@ -494,3 +494,43 @@ async fn a_failing_device_is_recreated_with_backoff_then_marked_failed() {
         "a Failed device is not recreated forever"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs the test cluster (tests/cluster/up); run by `make test`"]
+async fn the_operator_keeps_up_after_more_watch_events_than_its_buffers_hold() {
+    // Every cache is fed through a shared reflector whose subscribers each buffer 4,096 events;
+    // a subscriber nobody reads would stall every cache once its buffer is full. 5,000 Pod
+    // changes, then a sign-in: the operator must still see it.
+    use futures::StreamExt;
+    let (client, ns, _op) = setup("fleet-flood").await;
+    apply_yaml(&client, &ns.name, &pool_yaml("flood", "")).await;
+    apply_yaml(&client, &ns.name, &device_yaml("flood-a", "flood")).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let devices: Api<CaptureDevice> = Api::namespaced(client.clone(), &ns.name);
+    let pod = eventually(WAIT, "a running device Pod", || async {
+        let p = device_pod(&pods, "flood-a").await?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+    })
+    .await;
+    let name = pod.name_any();
+    let failed = futures::stream::iter(0..5_000)
+        .map(|i| {
+            let (pods, name) = (pods.clone(), name.clone());
+            async move {
+                let patch = json!({"metadata": {"annotations": {"test.capturefleet.dev/churn": i.to_string()}}});
+                pods.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .is_err()
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|failed| futures::future::ready(*failed))
+        .count()
+        .await;
+    assert_eq!(failed, 0, "Pod patches refused");
+    sign_in(&pods, &name).await;
+    eventually(WAIT, "Capturing after the churn", || async {
+        (phase(&devices, "flood-a").await? == DevicePhase::Capturing).then_some(())
+    })
+    .await;
+}

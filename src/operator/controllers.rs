@@ -372,6 +372,11 @@ pub async fn run(watches: Watches, ctx: Arc<Context>, concurrency: u16, shutdown
         .run(instrumented("archivesink", sink::reconcile), error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
+    // Each controller holds its own clones of the subscriptions. The originals must go: a
+    // subscription nobody reads fills its buffer, and the shared reflector then waits for it —
+    // every cache would stop updating after BUFFER events (found by the 1,000-device benchmark:
+    // half the fleet stuck in a stale phase while its Pods ran).
+    drop(subs);
     let gauges = fleet_gauges(ctx.clone(), shutdown.clone());
     let drivers = future::join_all(drivers);
     tokio::select! {

@@ -65,6 +65,11 @@ fn container<'a>(statuses: Option<&'a Vec<ContainerStatus>>, name: &str) -> Opti
     statuses.and_then(|s| s.iter().find(|c| c.name == name))
 }
 
+/// The scheduler's message says only that the Pod's volume claim is not bound yet.
+fn waiting_for_volume_only(message: &str) -> bool {
+    message.contains("unbound immediate PersistentVolumeClaims") && !message.contains("Insufficient")
+}
+
 /// Read the facts from a Pod.
 pub fn read(pod: &Pod) -> PodFacts {
     let spec = pod.spec.as_ref();
@@ -77,8 +82,12 @@ pub fn read(pod: &Pod) -> PodFacts {
     let started = |c: Option<&ContainerStatus>| {
         c.is_some_and(|c| c.started.unwrap_or(false) || c.state.as_ref().is_some_and(|s| s.running.is_some()))
     };
+    // A Pod whose new volume is not bound yet is "unschedulable" to the scheduler, but that is
+    // an ordinary provisioning step, not a lack of Mac capacity (it would count as waiting for
+    // capacity and cost a status write per device).
     let unschedulable = cond("PodScheduled")
         .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+        .filter(|c| !c.message.as_deref().is_some_and(waiting_for_volume_only))
         .map(|c| {
             c.message
                 .clone()
@@ -178,6 +187,25 @@ status:
                 .as_deref()
                 .unwrap()
                 .contains("Insufficient capturefleet.dev/macos-vm")
+        );
+        // A volume not bound yet is a provisioning step, not a lack of capacity.
+        let waiting_for_volume = |message: &str| {
+            read(&pod(&format!(
+                "metadata: {{name: cdev-jane}}\nspec: {{containers: [{{name: device}}]}}\nstatus:\n  phase: Pending\n  conditions:\n  - {{type: PodScheduled, status: \"False\", reason: Unschedulable, message: \"{message}\"}}\n"
+            )))
+            .unschedulable
+        };
+        assert_eq!(
+            waiting_for_volume(
+                "0/545 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
+            ),
+            None
+        );
+        assert!(
+            waiting_for_volume(
+                "0/5 nodes are available: 1 pod has unbound immediate PersistentVolumeClaims, 4 Insufficient capturefleet.dev/macos-vm."
+            )
+            .is_some()
         );
         let f = read(&pod(r#"
 metadata: {name: cdev-jane}

@@ -85,6 +85,8 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", "", "path to the admin kubeconfig")
 	root := flag.String("root", "", "directory under which volume directories are created")
 	name := flag.String("name", defaultName, "provisioner name that StorageClasses refer to")
+	qps := flag.Float64("qps", 100, "API requests per second (client-go's default of 5 makes a 10,000-volume fleet wait half an hour for its volumes)")
+	burst := flag.Int("burst", 200, "API request burst")
 	klog.InitFlags(nil)
 	flag.Parse()
 	if *kubeconfig == "" || *root == "" {
@@ -95,6 +97,7 @@ func main() {
 	if err != nil {
 		klog.Fatalf("load kubeconfig: %v", err)
 	}
+	cfg.QPS, cfg.Burst = float32(*qps), *burst
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		klog.Fatalf("create client: %v", err)
