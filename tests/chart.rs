@@ -859,19 +859,8 @@ async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
 }
 
 fn fleet_yaml(devices: &[&str]) -> String {
-    let mut yaml = r#"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: archive}
-spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}
----
-apiVersion: capturefleet.dev/v1alpha1
-kind: ArchiveSink
-metadata: {name: archive}
-spec:
-  filesystem: {claimName: archive}
----
-apiVersion: capturefleet.dev/v1alpha1
+    let mut yaml = support::ARCHIVE_SINK_YAML.to_owned()
+        + r#"apiVersion: capturefleet.dev/v1alpha1
 kind: DevicePool
 metadata: {name: advisers}
 spec:
@@ -880,8 +869,7 @@ spec:
   volume: {size: 1Gi}
   enrollment: {urlTemplate: "https://enroll.example/{namespace}/{device}"}
   warmSpares: 1
-"#
-    .to_owned();
+"#;
     for (i, d) in devices.iter().enumerate() {
         yaml.push_str(&format!(
             "---\napiVersion: capturefleet.dev/v1alpha1\nkind: CaptureDevice\nmetadata: {{name: {d}}}\nspec:\n  user: {{id: \"e{i:04}\", displayName: \"Jane Quincy Adviser{i}\", email: \"jane.adviser{i}@example.com\"}}\n  poolRef: {{name: advisers}}\n  sinkRefs: [{{name: archive}}]\n"
@@ -1013,13 +1001,7 @@ async fn fleet_lifecycle(client: &kube::Client, tenant: &str) {
         devices.get(gone).await.is_err().then_some(())
     })
     .await;
-    eventually(WAIT, "its volume to be deleted", || async {
-        match claims.get(&claim).await {
-            Err(_) => Some(()),
-            Ok(c) => c.metadata.deletion_timestamp.map(|_| ()),
-        }
-    })
-    .await;
+    support::claim_deleted(WAIT, &claims, &claim).await;
 
     // Spares scaled to zero: the spare Pod and its volume go.
     pools

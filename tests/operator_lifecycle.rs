@@ -303,11 +303,5 @@ async fn deleting_a_device_drains_it_and_keeps_the_volume_while_records_are_pend
         device_pod(&pods, "clean-drain").await.is_none().then_some(())
     })
     .await;
-    eventually(WAIT, "its volume to be deleted", || async {
-        match claims.get(&claim).await {
-            Err(_) => Some(()),
-            Ok(c) => c.metadata.deletion_timestamp.map(|_| ()),
-        }
-    })
-    .await;
+    support::claim_deleted(WAIT, &claims, &claim).await;
 }

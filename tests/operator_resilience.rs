@@ -21,20 +21,8 @@ use capturefleet::api::{CaptureDevice, DevicePhase};
 const DEVICES: usize = 12;
 
 fn fleet(n: usize) -> String {
-    let mut yaml = String::from(
-        r#"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: archive}
-spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}
----
-apiVersion: capturefleet.dev/v1alpha1
-kind: ArchiveSink
-metadata: {name: archive}
-spec:
-  filesystem: {claimName: archive}
----
-apiVersion: capturefleet.dev/v1alpha1
+    let mut yaml = support::ARCHIVE_SINK_YAML.to_owned()
+        + r#"apiVersion: capturefleet.dev/v1alpha1
 kind: DevicePool
 metadata: {name: desk}
 spec:
@@ -42,8 +30,7 @@ spec:
   agent: {image: "example.invalid/capturefleet:test"}
   volume: {size: 1Gi}
   warmSpares: 2
-"#,
-    );
+"#;
     for i in 0..n {
         yaml.push_str(&format!(
             "---\napiVersion: capturefleet.dev/v1alpha1\nkind: CaptureDevice\nmetadata: {{name: dev-{i}}}\nspec:\n  user: {{id: \"u{i}\"}}\n  poolRef: {{name: desk}}\n  sinkRefs: [{{name: archive}}]\n"

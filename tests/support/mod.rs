@@ -154,3 +154,34 @@ pub async fn apply_value(
     api.patch(&name, &PatchParams::apply("capturefleet-tests"), &Patch::Apply(&doc))
         .await
 }
+
+/// A filesystem ArchiveSink named `archive` on a ReadWriteMany claim of the same name, as the
+/// start of a multi-document manifest (ends with `---`).
+pub const ARCHIVE_SINK_YAML: &str = r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: archive}
+spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: capturefleet.dev/v1alpha1
+kind: ArchiveSink
+metadata: {name: archive}
+spec:
+  filesystem: {claimName: archive}
+---
+"#;
+
+/// Waits until a device's volume claim is gone or being deleted.
+pub async fn claim_deleted(
+    wait: std::time::Duration,
+    claims: &kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    claim: &str,
+) {
+    eventually(wait, "its volume to be deleted", || async {
+        match claims.get(claim).await {
+            Err(_) => Some(()),
+            Ok(c) => c.metadata.deletion_timestamp.map(|_| ()),
+        }
+    })
+    .await;
+}
