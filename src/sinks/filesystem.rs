@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use super::link_or_copy::{Placed, link_or_copy};
 use super::parallel::parallel_map;
 use super::{AttachmentStore, Sink, SinkError, SpooledRecord};
 use crate::api::agent::FilesystemTarget;
@@ -205,8 +206,9 @@ fn newest_segment(dir: &Path) -> Result<Option<(u64, PathBuf)>, SinkError> {
     Ok(newest)
 }
 
-/// Copy a spool blob into the archive (temporary name, fsync, rename). Returns the directory
-/// to fsync, when a file was written.
+/// Place a spool blob in the archive: a hard link when the archive is on the spool's file
+/// system, else a fsync'd copy (see [`link_or_copy`]). Returns the directory to fsync, when a
+/// name was added.
 fn store_attachment(device_dir: &Path, sha256: &str, source: &Path) -> Result<Option<PathBuf>, SinkError> {
     let dest = attachment_path(device_dir, sha256);
     if dest.exists() {
@@ -218,13 +220,10 @@ fn store_attachment(device_dir: &Path, sha256: &str, source: &Path) -> Result<Op
         sync_dir(&device_dir.join(ATTACHMENTS_DIR))?;
         sync_dir(device_dir)?;
     }
-    let tmp = dir.join(format!(".{sha256}.{:016x}.tmp", rand::random::<u64>()));
-    fs::copy(source, &tmp).map_err(io_err("copy attachment to", &tmp))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("fsync", &tmp))?;
-    fs::rename(&tmp, &dest).map_err(io_err("rename", &dest))?;
-    Ok(Some(dir))
+    match link_or_copy(source, &dest).map_err(io_err("store attachment at", &dest))? {
+        Placed::Existed => Ok(None),
+        Placed::Linked | Placed::Copied => Ok(Some(dir)),
+    }
 }
 
 /// Append the items, in order, durably. Runs on a blocking thread.

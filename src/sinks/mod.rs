@@ -9,6 +9,7 @@
 
 pub mod factory;
 pub mod filesystem;
+pub mod link_or_copy;
 pub mod parallel;
 
 use std::path::PathBuf;

@@ -24,6 +24,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::eml::EmlAttachment;
+use super::link_or_copy::link_or_copy;
 use super::{AttachmentStore, SinkError, SpooledRecord};
 use crate::api::record::ArchiveRecord;
 
@@ -147,16 +148,11 @@ impl DayJournal {
                 "record seq {seq} names attachment {sha} but the spool does not hold its file"
             ))
         })?;
-        // A hard link costs nothing when the journal is on the spool's file system.
-        if fs::hard_link(&source, &target).is_ok() {
-            return Ok(());
-        }
-        let tmp = target.with_extension("tmp");
-        fs::copy(&source, &tmp).map_err(|e| io("copying attachment to", &tmp, e))?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io("syncing", &tmp, e))?;
-        fs::rename(&tmp, &target).map_err(|e| io("renaming", &target, e))
+        // A hard link costs nothing when the journal is on the spool's file system; the
+        // directory is fsync'd once for the batch by the caller.
+        link_or_copy(&source, &target)
+            .map(|_| ())
+            .map_err(|e| io("storing attachment at", &target, e))
     }
 
     /// Every conversation-day with journaled records not yet sent.
