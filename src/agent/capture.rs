@@ -56,7 +56,7 @@ impl Default for CaptureSettings {
     fn default() -> Self {
         CaptureSettings {
             poll_interval: Duration::from_millis(1000),
-            batch_limit: 2000,
+            batch_limit: 1000,
             spool_max_bytes: 2 << 30,
             compact_threshold: 20_000,
         }

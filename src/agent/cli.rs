@@ -59,7 +59,7 @@ pub struct AgentArgs {
     /// Longest drain after SIGTERM.
     #[arg(long)]
     pub drain_timeout_seconds: Option<u64>,
-    /// Drafts read and committed per batch.
+    /// Drafts read and committed per batch (default 1000).
     #[arg(long)]
     pub batch: Option<usize>,
 }
@@ -183,6 +183,7 @@ pub fn open_source(config: &AgentConfig) -> anyhow::Result<Box<dyn RecordSource>
 
 /// Run `capturefleet agent`.
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    super::memory::limit_allocator_arenas();
     let mut watch = args.config.clone().map(|path| {
         let flags = args.clone();
         ConfigWatch::new(path, move |config| apply_flags(config, &flags))

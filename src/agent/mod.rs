@@ -6,6 +6,7 @@
 //! - [`capture`]: the loop that seals drafts into the spool, with back-pressure;
 //! - [`deliver`]: one delivery task per sink, retries with backoff, health;
 //! - [`drain`]: the drain receipt; [`run`]: wiring it all together; [`cli`]: `capturefleet agent`;
+//! - [`memory`]: allocator settings that bound the resident size;
 //! - [`config_file`]: the configuration file over time; [`lifecycle`]: waiting for an
 //!   assignment (warm spares), running, applying changes.
 
@@ -16,6 +17,7 @@ pub mod config_file;
 pub mod deliver;
 pub mod drain;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod run;
 pub mod seal;
