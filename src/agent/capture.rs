@@ -27,6 +27,36 @@ pub fn poll_failure(error: &SourceError) -> String {
     }
 }
 
+/// After a file notification whose poll found nothing, look again after these delays before
+/// falling back to the poll interval. A notification can precede the change it announces:
+/// SQLite writes a transaction's frames to the WAL (each write is a file event) and only then
+/// makes it visible by updating the WAL index, a shared-memory write that produces no event.
+/// With `synchronous=FULL` the WAL is fsync'd between the two, so a poll woken by the last
+/// frame's write can run before the commit is visible and, without a second look, the change
+/// would wait a whole poll interval. The delays cost nothing while no notifications arrive.
+pub const SETTLE_DELAYS: [Duration; 3] = [
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+];
+
+/// How long an idle loop waits before polling again: the next settle delay while settling
+/// after a notification (`settle` is the index of the next one), else the poll interval.
+pub fn idle_wait(settle: Option<usize>, poll_interval: Duration) -> Duration {
+    settle
+        .and_then(|step| SETTLE_DELAYS.get(step).copied())
+        .map_or(poll_interval, |delay| delay.min(poll_interval))
+}
+
+/// The settle state after an idle wait: a file notification (re)starts settling, a wait that
+/// ended otherwise moves to the next delay, and settling ends after the last one.
+pub fn settle_after_wait(settle: Option<usize>, source_changed: bool) -> Option<usize> {
+    if source_changed {
+        return Some(0);
+    }
+    settle.map(|step| step + 1).filter(|step| *step < SETTLE_DELAYS.len())
+}
+
 /// Why the capture loop wakes up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -107,6 +137,8 @@ impl CaptureLoop {
         // The last poll failure's readiness reason, and when a loud one was last logged.
         let mut last_failure: Option<String> = None;
         let mut last_failure_log: Option<Instant> = None;
+        // Looking again soon after a notification (see SETTLE_DELAYS).
+        let mut settle: Option<usize> = None;
         self.metrics.spool_max_bytes.set(self.settings.spool_max_bytes as i64);
         self.metrics.chain_sequence.set(self.spool.head().seq as i64);
         loop {
@@ -201,11 +233,15 @@ impl CaptureLoop {
             let full_page = read >= self.settings.batch_limit;
             if read == 0 {
                 self.status.set_idle(self.spool.head().seq);
-                if self.wait(self.settings.poll_interval) {
+                let (stop, source_changed) = self.wait_noting_source(idle_wait(settle, self.settings.poll_interval));
+                if stop {
                     break;
                 }
+                settle = settle_after_wait(settle, source_changed);
                 continue;
             }
+            // The change was visible: no second look needed.
+            settle = None;
 
             // Make them durable.
             let poll_ms = poll_started.elapsed().as_millis() as u64;
@@ -293,16 +329,122 @@ impl CaptureLoop {
 
     /// Sleep until woken or `timeout`; true when told to stop.
     fn wait(&self, timeout: Duration) -> bool {
+        self.wait_noting_source(timeout).0
+    }
+
+    /// [`Self::wait`], also saying whether a source-change notification was among the wake-ups.
+    fn wait_noting_source(&self, timeout: Duration) -> (bool, bool) {
         let first = match self.wake.recv_timeout(timeout) {
             Ok(wake) => wake,
-            Err(RecvTimeoutError::Timeout) => return false,
-            Err(RecvTimeoutError::Disconnected) => return true,
+            Err(RecvTimeoutError::Timeout) => return (false, false),
+            Err(RecvTimeoutError::Disconnected) => return (true, false),
         };
         let mut stop = first == Wake::Stop;
+        let mut source_changed = first == Wake::SourceChanged;
         // Coalesce a burst of notifications into one poll.
         while let Ok(wake) = self.wake.try_recv() {
             stop |= wake == Wake::Stop;
+            source_changed |= wake == Wake::SourceChanged;
         }
-        stop
+        (stop, source_changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::agent::seal::tests::sample_record;
+    use crate::agent::source::ArchiveIndex;
+
+    #[test]
+    fn settling_follows_a_notification_then_falls_back_to_the_poll_interval() {
+        let interval = Duration::from_secs(1);
+        assert_eq!(idle_wait(None, interval), interval);
+        let mut settle = settle_after_wait(None, true);
+        let mut waits = Vec::new();
+        while settle.is_some() {
+            waits.push(idle_wait(settle, interval));
+            settle = settle_after_wait(settle, false);
+        }
+        assert_eq!(waits, SETTLE_DELAYS.to_vec());
+        assert_eq!(idle_wait(settle, interval), interval, "back to the interval");
+        // A new notification while settling starts again; a short interval caps the delays.
+        assert_eq!(settle_after_wait(Some(2), true), Some(0));
+        assert_eq!(
+            idle_wait(Some(2), Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        // A wait that did not end with a notification does not start settling.
+        assert_eq!(settle_after_wait(None, false), None);
+    }
+
+    /// Test double of the reader whose change becomes visible one poll after its notification
+    /// (as a SQLite commit does after its last WAL write): polls 1 and 2 find nothing, poll 3
+    /// returns the draft.
+    struct LateCommitSourceDouble {
+        polls: Arc<AtomicUsize>,
+        draft: Option<Draft>,
+    }
+
+    impl RecordSource for LateCommitSourceDouble {
+        fn poll(&mut self, _index: &dyn ArchiveIndex, _limit: usize) -> Result<Vec<Draft>, SourceError> {
+            let n = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(if n >= 3 {
+                self.draft.take().into_iter().collect()
+            } else {
+                vec![]
+            })
+        }
+
+        fn watch_paths(&self) -> Vec<PathBuf> {
+            vec![]
+        }
+    }
+
+    #[test]
+    fn a_notification_that_precedes_its_commit_is_followed_by_a_second_look() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::open(tmp.path(), "dev-a").unwrap();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (wake_tx, wake_rx) = mpsc::channel();
+        let (head_tx, head_rx) = watch::channel(ChainHead::default());
+        let capture = CaptureLoop {
+            spool,
+            source: Box::new(LateCommitSourceDouble {
+                polls: Arc::clone(&polls),
+                draft: Some(Draft {
+                    record: sample_record("dev-a", "GUID-1", "0"),
+                    files: vec![],
+                }),
+            }),
+            // Only a second look after the notification can find the draft before the test
+            // gives up: the timer would not poll again for an hour.
+            settings: CaptureSettings {
+                poll_interval: Duration::from_secs(3600),
+                ..CaptureSettings::default()
+            },
+            metrics: AgentMetrics::new().unwrap(),
+            status: AgentStatus::new(),
+            head_tx,
+            wake: wake_rx,
+        };
+        let thread = std::thread::spawn(move || capture.run());
+        while polls.load(Ordering::SeqCst) < 1 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wake_tx.send(Wake::SourceChanged).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while head_rx.borrow().seq == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wake_tx.send(Wake::Stop).unwrap();
+        let end = thread.join().unwrap();
+        assert_eq!(end.head.seq, 1, "the draft was committed after the second look");
+        assert!(polls.load(Ordering::SeqCst) >= 3);
     }
 }
