@@ -9,8 +9,15 @@
 //! the agent's threads mostly wait on fsync, not on the allocator.
 
 /// Limit the allocator to one arena. Call before the runtime starts its threads (arenas that
-/// already exist are kept). A no-op where the allocator is not glibc's.
+/// already exist are kept). A no-op where the allocator is not glibc's, and when the
+/// environment already tunes it (`MALLOC_ARENA_MAX`, `GLIBC_TUNABLES`): an explicit choice wins.
 pub fn limit_allocator_arenas() {
+    if ["MALLOC_ARENA_MAX", "GLIBC_TUNABLES"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes allocator tunables; it is called before the agent
