@@ -30,7 +30,12 @@ pub enum Placed {
 pub fn link_or_copy(source: &Path, dest: &Path) -> io::Result<Placed> {
     match fs::hard_link(source, dest) {
         Ok(()) => {
-            File::open(dest)?.sync_all()?;
+            // Without a durable link count the name must not stay: a retry would find it and
+            // take it for a finished placement.
+            if let Err(e) = File::open(dest).and_then(|f| f.sync_all()) {
+                let _ = fs::remove_file(dest);
+                return Err(e);
+            }
             return Ok(Placed::Linked);
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Placed::Existed),
