@@ -191,8 +191,10 @@ pub async fn run_with(
     let device = config.device.name.clone();
     let names = sink_names.clone();
     let dir = spool_dir.clone();
+    let live_window = Duration::from_secs(config.capture.rescan_window_seconds);
     let spool = tokio::task::spawn_blocking(move || -> anyhow::Result<Spool> {
         let mut spool = Spool::open(&dir, &device)?;
+        spool.set_live_window(live_window);
         for forgotten in spool.sync_cursors(&names)? {
             tracing::warn!(sink = %forgotten, "sink no longer configured: its cursor is forgotten");
         }

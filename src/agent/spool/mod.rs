@@ -15,13 +15,15 @@
 //!   the row-id high-water marks and the chain head stay.
 
 mod blobs;
+mod bloom;
+mod keys;
 mod reader;
 mod schema;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use blobs::{BlobError, BlobStore, PARALLEL_FSYNCS, is_sha256_hex, parallel_map, sync_dir};
 pub use reader::SpoolReader;
@@ -138,7 +140,13 @@ pub struct Spool {
     /// Running total of record JSON bytes through the compaction floor, and through the head.
     compacted_bytes: u64,
     head_bytes: u64,
+    keys: keys::KeyIndex,
+    /// Deletion detection looks back this far (None: keep every live GUID).
+    live_window_ns: Option<i64>,
 }
+
+/// Margin kept beyond the rescan window in the live-GUID table (clock adjustments).
+const LIVE_MARGIN_NS: i64 = 86_400 * 1_000_000_000;
 
 impl Spool {
     /// Whether `dir` holds a spool (checked without creating anything: a drain-only agent
@@ -207,6 +215,7 @@ impl Spool {
         let blob_bytes: i64 = conn
             .query_row("SELECT COALESCE(SUM(size), 0) FROM blobs", [], |r| r.get(0))
             .map_err(&err)?;
+        let keys = keys::KeyIndex::load(&conn, keys::FLUSH_EVERY).map_err(&err)?;
         let blobs = BlobStore::new(dir);
         blobs.remove_temporaries();
         drop(err);
@@ -222,7 +231,33 @@ impl Spool {
             blob_bytes: blob_bytes as u64,
             compacted_bytes: compacted_bytes as u64,
             head_bytes: head_bytes as u64,
+            keys,
+            live_window_ns: None,
         })
+    }
+
+    /// Deletion detection (the reader's rescan) only asks for GUIDs whose latest event is
+    /// within `window` of now; records older than that (plus a day's margin) are not added to
+    /// the live-GUID table, and compaction removes entries that fell out of it. Without this
+    /// call every GUID is kept.
+    pub fn set_live_window(&mut self, window: std::time::Duration) {
+        self.live_window_ns = Some(i64::try_from(window.as_nanos()).unwrap_or(i64::MAX));
+    }
+
+    /// Oldest event time the live-GUID table needs now (None: all).
+    fn live_floor_ns(&self) -> Option<i64> {
+        self.live_window_ns.map(|w| {
+            crate::apple::epoch::now_apple_ns()
+                .saturating_sub(w)
+                .saturating_sub(LIVE_MARGIN_NS)
+        })
+    }
+
+    /// Merge the recent idempotency keys into the sorted table after this many (tests use
+    /// small numbers to cross merges).
+    #[cfg(test)]
+    pub(crate) fn set_key_merge_every(&mut self, n: usize) {
+        self.keys = keys::KeyIndex::load(&self.conn, n).expect("spool readable");
     }
 
     /// The spool directory.
@@ -259,7 +294,10 @@ impl Spool {
     /// compaction forever). Returns the names of the forgotten sinks.
     pub fn sync_cursors(&mut self, sinks: &[String]) -> Result<Vec<String>, SpoolError> {
         let err = db_err(&self.db_path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
         let existing: Vec<String> = {
             let mut stmt = tx.prepare("SELECT sink FROM cursors").map_err(&err)?;
             let rows = stmt.query_map([], |r| r.get(0)).map_err(&err)?;
@@ -385,12 +423,14 @@ impl Spool {
         let mut seq_of_draft: Vec<Option<u64>> = vec![None; drafts.len()];
         let mut new_blob_bytes = 0u64;
         let mut cum_bytes = self.head_bytes;
+        let live_floor = self.live_floor_ns();
+        let mut staged = keys::Staged::default();
         {
-            let tx = self.conn.transaction().map_err(&err)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(&err)?;
             {
-                let mut insert_key = tx
-                    .prepare_cached("INSERT INTO keys(key, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-                    .map_err(&err)?;
                 let mut insert_record = tx
                     .prepare_cached("INSERT INTO records(seq, cum_bytes, json) VALUES (?1, ?2, ?3)")
                     .map_err(&err)?;
@@ -405,10 +445,10 @@ impl Spool {
                 for (index, draft) in drafts.iter_mut().enumerate() {
                     let record = &mut draft.record;
                     let seq = head.seq + 1;
-                    if insert_key
-                        .execute(params![record.idempotency_key, seq as i64])
+                    if !self
+                        .keys
+                        .stage(&tx, &mut staged, &record.idempotency_key, seq)
                         .map_err(&err)?
-                        == 0
                     {
                         outcome.duplicates += 1;
                         continue;
@@ -421,7 +461,7 @@ impl Spool {
                     if record.source.table == "message" || record.source.table == "attachment" {
                         if record.kind == RecordKind::DeletionDetected {
                             delete_live.execute([&record.source.guid]).map_err(&err)?;
-                        } else {
+                        } else if live_floor.is_none_or(|floor| record.event_time_apple_ns >= floor) {
                             upsert_live
                                 .execute(params![
                                     record.source.guid,
@@ -474,6 +514,7 @@ impl Spool {
                 for (table, rowid) in &rowids {
                     upsert_rowid.execute(params![table, rowid]).map_err(&err)?;
                 }
+                self.keys.flush_if_full(&tx, &mut staged).map_err(&err)?;
             }
             if head.seq != self.head.seq {
                 tx.execute(
@@ -484,6 +525,7 @@ impl Spool {
             }
             tx.commit().map_err(&err)?;
         }
+        self.keys.commit(&self.conn, staged);
         tracing::debug!(
             files = blob_rows.len(),
             files_ms = (files_done - started).as_millis() as u64,
@@ -513,7 +555,15 @@ impl Spool {
             return Ok(0);
         }
         let err = db_err(&self.db_path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let live_floor = self.live_floor_ns();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        if let Some(floor) = live_floor {
+            tx.execute("DELETE FROM live WHERE event_ns < ?1", [floor])
+                .map_err(&err)?;
+        }
         let cum_at_floor: i64 = tx
             .query_row("SELECT cum_bytes FROM records WHERE seq = ?1", [upto as i64], |r| {
                 r.get(0)
@@ -572,11 +622,7 @@ fn mark_attachment_uncaptured(record: &mut crate::api::record::ArchiveRecord, sh
 
 impl ArchiveIndex for Spool {
     fn contains_key(&self, key: &str) -> bool {
-        let result = self
-            .conn
-            .prepare_cached("SELECT 1 FROM keys WHERE key = ?1")
-            .and_then(|mut stmt| stmt.exists([key]));
-        match result {
+        match self.keys.contains(&self.conn, key) {
             Ok(found) => found,
             Err(error) => {
                 // Answering "no" is safe: append() checks again inside its transaction.

@@ -13,7 +13,8 @@ pub const DB_FILE: &str = "spool.sqlite";
 /// Tables: the stored records (`records`, compacted once every sink has them; `cum_bytes` is
 /// the running total of JSON bytes up to the record, so the backlog's size is a subtraction),
 /// the exact
-/// idempotency keys ever chained (`keys`, never compacted: they make re-reads exactly-once),
+/// idempotency keys ever chained (`keys_recent` in sequence order and `keys` sorted by key,
+/// see `keys.rs`; never compacted: they make re-reads exactly-once),
 /// the live message GUIDs for deletion detection (`live`), the highest source row ids
 /// (`rowids`), the captured attachment files (`blobs`), the chain head (`chain`, one row) and
 /// one delivery cursor per sink (`cursors`).
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS chain(
 );
 CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, cum_bytes INTEGER NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys(key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys_recent(seq INTEGER PRIMARY KEY, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS live(guid TEXT PRIMARY KEY, key TEXT NOT NULL, event_ns INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS live_by_event ON live(event_ns);
 CREATE TABLE IF NOT EXISTS rowids(src_table TEXT PRIMARY KEY, max_rowid INTEGER NOT NULL) WITHOUT ROWID;

@@ -182,3 +182,78 @@ fn attachments_are_captured_with_the_record_and_compacted_after_delivery() {
     assert!(spool.blobs().path_of(&sha).is_none(), "delivered blobs are compacted");
     assert!(spool.used_bytes().unwrap() <= before);
 }
+
+#[test]
+fn keys_stay_exactly_once_across_merges_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(tmp.path(), "dev-a").unwrap();
+    spool.set_key_merge_every(3);
+    let batch = |from: i64, to: i64| (from..=to).map(|i| draft(&format!("G{i}"), "0", i)).collect::<Vec<_>>();
+    for (from, to) in [(1, 2), (3, 4), (5, 8), (9, 9)] {
+        let out = spool.append(&mut batch(from, to)).unwrap();
+        assert_eq!((out.appended.len(), out.duplicates), ((to - from + 1) as usize, 0));
+    }
+    // Keys merged into the sorted table and keys still recent are both duplicates now.
+    let out = spool.append(&mut batch(1, 9)).unwrap();
+    assert_eq!((out.appended.len(), out.duplicates), (0, 9));
+    let head = spool.head().clone();
+    drop(spool);
+
+    let mut spool = Spool::open(tmp.path(), "dev-a").unwrap();
+    assert!((1..=9).all(|i| spool.contains_key(&format!("dev-a/G{i}/0"))));
+    assert!(!spool.contains_key("dev-a/G10/0"));
+    let out = spool.append(&mut batch(1, 10)).unwrap();
+    assert_eq!((out.appended.len(), out.duplicates), (1, 9));
+    assert_eq!(out.appended[0].seq, head.seq + 1);
+}
+
+#[test]
+fn live_guids_outside_the_rescan_window_are_not_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(tmp.path(), "dev-a").unwrap();
+    let now = crate::apple::epoch::now_apple_ns();
+    let day = 86_400 * 1_000_000_000i64;
+    let mut kept_before = draft("KEPT", "0", 1);
+    kept_before.record.event_time_apple_ns = now - 30 * day;
+    spool.append(&mut [kept_before]).unwrap();
+    assert_eq!(
+        spool.live_guids_since(0).len(),
+        1,
+        "without a window every GUID is kept"
+    );
+
+    spool.sync_cursors(&names(&["a"])).unwrap();
+    spool.set_live_window(std::time::Duration::from_secs(7 * 86_400));
+    let mut old = draft("OLD", "0", 2);
+    old.record.event_time_apple_ns = now - 9 * day;
+    let mut recent = draft("NEW", "0", 3);
+    recent.record.event_time_apple_ns = now - 7 * day;
+    let mut old_edited = draft("OLD", "e1", 2);
+    old_edited.record.kind = RecordKind::Edit;
+    old_edited.record.event_time_apple_ns = now - day;
+    spool.append(&mut [old, recent]).unwrap();
+    let guids = |spool: &Spool| {
+        spool
+            .live_guids_since(0)
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        guids(&spool),
+        ["KEPT", "NEW"],
+        "a record older than window + margin is not added"
+    );
+    spool.append(&mut [old_edited]).unwrap();
+    assert_eq!(
+        guids(&spool),
+        ["KEPT", "NEW", "OLD"],
+        "a recent edit brings its GUID in"
+    );
+
+    // Compaction drops what fell out of the window.
+    SpoolReader::open(tmp.path()).unwrap().ack("a", 4).unwrap();
+    spool.compact(100).unwrap();
+    assert_eq!(guids(&spool), ["NEW", "OLD"]);
+    assert_eq!(spool.live_guids_since(0)[1].1, "dev-a/OLD/e1");
+}
