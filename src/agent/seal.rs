@@ -2,8 +2,9 @@
 //! canonical JSON that is stored byte for byte in the spool and in every byte-for-byte sink.
 //!
 //! Equivalent to [`ArchiveRecord::seal`] followed by [`ArchiveRecord::to_canonical_json`], but
-//! serialises the record to a JSON value once instead of three times (this is on the backfill's
-//! hot path). A unit test pins the equivalence.
+//! serialises the record once, directly (the record's structs declare their fields in
+//! canonical order), instead of three times through a JSON value (this is on the backfill's
+//! hot path). Unit tests pin the equivalence.
 
 use sha2::{Digest, Sha256};
 
@@ -15,9 +16,10 @@ pub fn seal_canonical(record: &mut ArchiveRecord, seq: u64, prev_hash: &str) -> 
     record.prev_hash.clear();
     record.prev_hash.push_str(prev_hash);
     record.hash.clear();
-    // serde_json's map is a BTreeMap (no `preserve_order`), so every object is key-sorted.
-    let value = serde_json::to_value(&*record).expect("ArchiveRecord always serialises");
-    let unsealed = serde_json::to_string(&value).expect("a JSON value always serialises");
+    // Every struct of the record declares its fields in name order, so serde writes each
+    // object key-sorted: the canonical form without building a JSON value first (pinned by
+    // `direct_serialisation_is_canonical_with_every_section_present`).
+    let unsealed = serde_json::to_string(&*record).expect("ArchiveRecord always serialises");
     let hash = hex::encode(Sha256::digest(unsealed.as_bytes()));
     // `hash` sorts right before `idempotency_key`, which every record has. The text
     // `,"idempotency_key":` can only be that top-level member: inside strings quotes are
@@ -112,6 +114,97 @@ pub(crate) mod tests {
         let json = seal_canonical(&mut fast, 42, GENESIS_HASH);
         slow.seal(42, GENESIS_HASH);
         assert_eq!(fast, slow);
+        assert_eq!(json, slow.to_canonical_json());
+        assert!(ArchiveRecord::from_json(&json).unwrap().hash_is_valid());
+    }
+
+    /// `sample_record` with every optional section and list filled in.
+    fn record_with_every_section() -> ArchiveRecord {
+        let mut r = sample_record("dev-a", "G-1", "e2");
+        r.kind = RecordKind::Edit;
+        r.device.user_id = Some("u-2".into());
+        r.clock.synchronized = Some(false);
+        r.source.service = Some("SMS".into());
+        if let Some(c) = &mut r.conversation {
+            c.display_name = Some("Desk".into());
+        }
+        if let Some(b) = &mut r.body {
+            b.subject = Some("Re: fees".into());
+            b.parts[0].attachment_guid = Some("AT-1".into());
+        }
+        r.reply_to = Some(ReplyRef {
+            originator_guid: "G-0".into(),
+            originator_part: Some("0:0:12".into()),
+        });
+        r.edit = Some(EditInfo {
+            part: 0,
+            revision: 2,
+            edited_at: "2024-01-01T00:01:00Z".into(),
+            text: "new".into(),
+            original_text: Some("old".into()),
+        });
+        r.unsend = Some(UnsendInfo {
+            part: 1,
+            unsent_at: "2024-01-01T00:02:00Z".into(),
+        });
+        r.reaction = Some(ReactionInfo {
+            reaction: "love".into(),
+            code: 2000,
+            target_guid: "G-0".into(),
+            target_part: Some(0),
+            emoji: Some("\u{2764}".into()),
+        });
+        r.group_event = Some(GroupEvent {
+            action: "renamed".into(),
+            new_name: Some("Desk 2".into()),
+            member: Some("+15550101".into()),
+            item_type: 2,
+            group_action_type: 0,
+        });
+        r.deletion = Some(DeletionInfo {
+            last_archived_key: "dev-a/G-0/0".into(),
+            detected_at: "2024-01-01T00:03:00Z".into(),
+        });
+        r.attachments = vec![AttachmentInfo {
+            guid: "AT-1".into(),
+            name: Some("a.pdf".into()),
+            mime_type: Some("application/pdf".into()),
+            uti: Some("com.adobe.pdf".into()),
+            size: 3,
+            sha256: Some("ab".repeat(32)),
+            missing: true,
+        }];
+        r.decode_errors = vec![DecodeError {
+            field: "attributedBody".into(),
+            error: "truncated".into(),
+            raw_base64: "AAE=".into(),
+        }];
+        r
+    }
+
+    #[test]
+    fn direct_serialisation_is_canonical_with_every_section_present() {
+        let mut r = record_with_every_section();
+        let through_value = serde_json::to_value(&r).unwrap();
+        // Every optional member is present, so a field added later without sorting shows.
+        for section in [
+            "reply_to",
+            "edit",
+            "unsend",
+            "reaction",
+            "group_event",
+            "deletion",
+            "attachments",
+        ] {
+            assert!(
+                through_value.get(section).is_some(),
+                "{section} missing from the sample"
+            );
+        }
+        assert_eq!(serde_json::to_string(&r).unwrap(), r.to_canonical_json());
+        let mut slow = r.clone();
+        let json = seal_canonical(&mut r, 7, GENESIS_HASH);
+        slow.seal(7, GENESIS_HASH);
         assert_eq!(json, slow.to_canonical_json());
         assert!(ArchiveRecord::from_json(&json).unwrap().hash_is_valid());
     }

@@ -9,6 +9,10 @@
 //! stored in an archive are exactly [`ArchiveRecord::to_canonical_json`], so any verifier can
 //! recompute the chain from the stored lines alone.
 //!
+//! Every struct here declares its fields in name order, so serialising a record directly
+//! writes each object key-sorted, as the canonical form wants (the agent's sealing relies on
+//! it; `agent::seal` tests pin it). Keep new fields in order.
+//!
 //! A record is never dropped because something could not be decoded: the undecodable field is
 //! carried in [`DecodeError`] with its raw bytes (base64) and the error.
 
@@ -84,75 +88,77 @@ impl RecordKind {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveRecord {
-    /// Always [`RECORD_SCHEMA`].
-    pub schema: String,
-    /// What happened.
-    pub kind: RecordKind,
-    /// `device/guid/revision`: stable across re-reads, so a redelivered or re-captured event
-    /// can be recognised as the same event.
-    pub idempotency_key: String,
-    /// Position in the device's chain, from 1, without gaps.
-    pub seq: u64,
-    /// `hash` of the record with `seq - 1`, or [`GENESIS_HASH`].
-    pub prev_hash: String,
-    /// SHA-256 (lowercase hex) of this record's canonical JSON without this member.
-    /// Empty until [`ArchiveRecord::seal`] is called.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub hash: String,
-    /// The capture device and the employee it belongs to.
-    pub device: DeviceInfo,
-    /// When the event happened, per the device's database (UTC, RFC 3339 with nanoseconds).
-    pub event_time: String,
-    /// The raw Apple timestamp behind `event_time`: nanoseconds since 2001-01-01T00:00:00Z.
-    pub event_time_apple_ns: i64,
+    /// Attachments of a message, or the one captured attachment of an `attachment` record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentInfo>,
+    /// Text of a message or reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Body>,
     /// When the agent captured the event (UTC, RFC 3339 with nanoseconds).
     pub captured_at: String,
     /// Which clock produced `captured_at`.
     pub clock: ClockInfo,
-    /// Where in chat.db the event was read.
-    pub source: SourceRef,
     /// The conversation the event belongs to (absent only for rows in no chat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation: Option<Conversation>,
-    /// Who sent it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender: Option<Sender>,
-    /// Inbound (to the employee) or outbound (from the employee).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<Direction>,
-    /// Text of a message or reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<Body>,
-    /// The thread this message replies to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<ReplyRef>,
-    /// For `edit` records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub edit: Option<EditInfo>,
-    /// For `unsend` records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsend: Option<UnsendInfo>,
-    /// For `reaction_added` / `reaction_removed` records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reaction: Option<ReactionInfo>,
-    /// For group records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group_event: Option<GroupEvent>,
-    /// For `deletion_detected` records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion: Option<DeletionInfo>,
-    /// Attachments of a message, or the one captured attachment of an `attachment` record.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub attachments: Vec<AttachmentInfo>,
     /// Everything that could not be decoded, with the raw bytes. Never silently dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_errors: Vec<DecodeError>,
+    /// For `deletion_detected` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<DeletionInfo>,
+    /// The capture device and the employee it belongs to.
+    pub device: DeviceInfo,
+    /// Inbound (to the employee) or outbound (from the employee).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// For `edit` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<EditInfo>,
+    /// When the event happened, per the device's database (UTC, RFC 3339 with nanoseconds).
+    pub event_time: String,
+    /// The raw Apple timestamp behind `event_time`: nanoseconds since 2001-01-01T00:00:00Z.
+    pub event_time_apple_ns: i64,
+    /// For group records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_event: Option<GroupEvent>,
+    /// SHA-256 (lowercase hex) of this record's canonical JSON without this member.
+    /// Empty until [`ArchiveRecord::seal`] is called.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+    /// `device/guid/revision`: stable across re-reads, so a redelivered or re-captured event
+    /// can be recognised as the same event.
+    pub idempotency_key: String,
+    /// What happened.
+    pub kind: RecordKind,
+    /// `hash` of the record with `seq - 1`, or [`GENESIS_HASH`].
+    pub prev_hash: String,
+    /// For `reaction_added` / `reaction_removed` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<ReactionInfo>,
+    /// The thread this message replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyRef>,
+    /// Always [`RECORD_SCHEMA`].
+    pub schema: String,
+    /// Who sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Sender>,
+    /// Position in the device's chain, from 1, without gaps.
+    pub seq: u64,
+    /// Where in chat.db the event was read.
+    pub source: SourceRef,
+    /// For `unsend` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsend: Option<UnsendInfo>,
 }
 
 /// The capture device and its employee.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceInfo {
+    /// The capture agent's version.
+    pub agent_version: String,
     /// CaptureDevice name (or `--device` for local runs).
     pub name: String,
     /// CaptureDevice namespace, when run by the operator.
@@ -161,8 +167,6 @@ pub struct DeviceInfo {
     /// The employee's immutable user id (`spec.user.id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
-    /// The capture agent's version.
-    pub agent_version: String,
 }
 
 /// Provenance of `captured_at`.
@@ -180,10 +184,6 @@ pub struct ClockInfo {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SourceRef {
-    /// The table (`message`, `attachment`, …).
-    pub table: String,
-    /// The row's ROWID.
-    pub rowid: i64,
     /// The row's GUID.
     pub guid: String,
     /// The revision of that row this record describes, as in the idempotency key
@@ -203,33 +203,37 @@ pub struct SourceRef {
     /// Every revision is a function of the database content alone, so re-reading the same
     /// state yields the same keys.
     pub revision: String,
+    /// The row's ROWID.
+    pub rowid: i64,
     /// The Messages service: `iMessage`, `SMS`, `RCS`, `iMessageLite`, or what the row said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The table (`message`, `attachment`, …).
+    pub table: String,
 }
 
 /// A conversation (chat).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Conversation {
-    /// Stable id: lowercase hex SHA-256 of the chat's GUID, first 32 characters.
-    pub id: String,
-    /// The chat's GUID in chat.db.
-    pub guid: String,
-    /// `chat_identifier` (phone, e-mail or `chat…` id for groups).
-    pub chat_identifier: String,
-    /// The chat's service name.
-    pub service: String,
-    /// Whether it is a group chat.
-    pub is_group: bool,
-    /// The group's current name, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-    /// The other participants' handles (phone numbers in E.164 or e-mail addresses), sorted.
-    pub participants: Vec<String>,
     /// The employee's own receiving address for this chat, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// `chat_identifier` (phone, e-mail or `chat…` id for groups).
+    pub chat_identifier: String,
+    /// The group's current name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The chat's GUID in chat.db.
+    pub guid: String,
+    /// Stable id: lowercase hex SHA-256 of the chat's GUID, first 32 characters.
+    pub id: String,
+    /// Whether it is a group chat.
+    pub is_group: bool,
+    /// The other participants' handles (phone numbers in E.164 or e-mail addresses), sorted.
+    pub participants: Vec<String>,
+    /// The chat's service name.
+    pub service: String,
 }
 
 /// The sender of a message.
@@ -257,29 +261,29 @@ pub enum Direction {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Body {
-    /// The full text; U+FFFC marks where an attachment sits.
-    pub text: String,
+    /// Where the text came from: `text` column, `attributedBody`, or `none`.
+    pub origin: String,
     /// The message's parts in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<BodyPart>,
     /// The message subject, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// Where the text came from: `text` column, `attributedBody`, or `none`.
-    pub origin: String,
+    /// The full text; U+FFFC marks where an attachment sits.
+    pub text: String,
 }
 
 /// One part of a message.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BodyPart {
+    /// The attachment GUID this part shows, when it is an attachment part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment_guid: Option<String>,
     /// Part index (`__kIMMessagePartAttributeName`).
     pub index: u32,
     /// The part's text (U+FFFC for an attachment part).
     pub text: String,
-    /// The attachment GUID this part shows, when it is an attachment part.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attachment_guid: Option<String>,
 }
 
 /// Reply threading.
@@ -297,17 +301,17 @@ pub struct ReplyRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EditInfo {
+    /// When the edit was made (RFC 3339 UTC).
+    pub edited_at: String,
+    /// The original text of the part as first captured, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_text: Option<String>,
     /// The edited part.
     pub part: u32,
     /// Revision number within the part (1 = first edit; 0 is the original message).
     pub revision: u32,
-    /// When the edit was made (RFC 3339 UTC).
-    pub edited_at: String,
     /// The text of this revision.
     pub text: String,
-    /// The original text of the part as first captured, if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub original_text: Option<String>,
 }
 
 /// An unsent part.
@@ -324,19 +328,19 @@ pub struct UnsendInfo {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ReactionInfo {
+    /// The raw `associated_message_type`.
+    pub code: i64,
+    /// The custom emoji, for `emoji` reactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
     /// `love`, `like`, `dislike`, `laugh`, `emphasize`, `question`, `emoji`, `sticker`, or
     /// `unknown(<code>)`.
     pub reaction: String,
-    /// The raw `associated_message_type`.
-    pub code: i64,
     /// GUID of the message reacted to.
     pub target_guid: String,
     /// The part reacted to (`p:<part>/` prefix), if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_part: Option<u32>,
-    /// The custom emoji, for `emoji` reactions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub emoji: Option<String>,
 }
 
 /// A group change.
@@ -345,26 +349,26 @@ pub struct ReactionInfo {
 pub struct GroupEvent {
     /// `renamed`, `member_added`, `member_removed`, `member_left`, `icon_changed`, `icon_removed`.
     pub action: String,
-    /// The new name, for renames.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new_name: Option<String>,
+    /// Raw `group_action_type`.
+    pub group_action_type: i64,
+    /// Raw `item_type` / `group_action_type`.
+    pub item_type: i64,
     /// The member added or removed, when the row names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
-    /// Raw `item_type` / `group_action_type`.
-    pub item_type: i64,
-    /// Raw `group_action_type`.
-    pub group_action_type: i64,
+    /// The new name, for renames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_name: Option<String>,
 }
 
 /// A row that disappeared from chat.db.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DeletionInfo {
-    /// The idempotency key of the last record archived for that row.
-    pub last_archived_key: String,
     /// When the agent noticed (RFC 3339 UTC).
     pub detected_at: String,
+    /// The idempotency key of the last record archived for that row.
+    pub last_archived_key: String,
 }
 
 /// Attachment metadata, and its content hash once captured.
@@ -373,33 +377,33 @@ pub struct DeletionInfo {
 pub struct AttachmentInfo {
     /// The attachment's GUID.
     pub guid: String,
-    /// The file name the sender gave it (`transfer_name`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
     /// MIME type, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mime_type: Option<String>,
-    /// Uniform type identifier, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uti: Option<String>,
-    /// Size in bytes (of the captured file when captured, else `total_bytes`).
-    pub size: u64,
-    /// Lowercase hex SHA-256 of the file's bytes, when the file was captured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
     /// True when chat.db references the file but it is not on the device (e.g. iCloud
     /// "optimise storage"), or capture policy is `MetadataOnly`.
     pub missing: bool,
+    /// The file name the sender gave it (`transfer_name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Lowercase hex SHA-256 of the file's bytes, when the file was captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size in bytes (of the captured file when captured, else `total_bytes`).
+    pub size: u64,
+    /// Uniform type identifier, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uti: Option<String>,
 }
 
 /// Something that could not be decoded, kept with its raw bytes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeError {
-    /// The column or structure (`attributedBody`, `message_summary_info`, …).
-    pub field: String,
     /// What went wrong.
     pub error: String,
+    /// The column or structure (`attributedBody`, `message_summary_info`, …).
+    pub field: String,
     /// The raw bytes, base64 (standard alphabet, padded).
     pub raw_base64: String,
 }
