@@ -29,7 +29,7 @@ use super::bloom::Bloom;
 pub const FLUSH_EVERY: usize = 65_536;
 
 /// Keys a merge sorts at a time.
-const MERGE_SLICE: usize = 8192;
+const MERGE_SLICE: usize = 32_768;
 
 /// The key index (see the module docs).
 pub struct KeyIndex {
@@ -154,7 +154,7 @@ impl KeyIndex {
         }
         // In key order, a slice at a time: SQLite keeps only the smallest MERGE_SLICE keys
         // after the last one merged while it scans (ORDER BY with LIMIT), so a merge needs
-        // well under a megabyte however many keys it moves.
+        // a few megabytes however many keys it moves.
         let mut next =
             tx.prepare_cached("SELECT key, seq FROM keys_recent WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2")?;
         let mut insert = tx.prepare_cached("INSERT INTO keys(key, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;

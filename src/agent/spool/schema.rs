@@ -53,6 +53,9 @@ pub fn configure(conn: &mut Connection, cache_kib: i64) -> rusqlite::Result<()> 
     // Keep the WAL file from growing without bound between checkpoints.
     conn.pragma_update(None, "journal_size_limit", 64i64 * 1024 * 1024)?;
     conn.pragma_update(None, "foreign_keys", false)?;
+    // Sorts and temporary tables (the key merge's ORDER BY ... LIMIT) stay in memory: the
+    // agent's root file system is read-only, so SQLite could not create a temporary file.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -cache_kib)?;
     // Checkpoint every ~32 MiB of WAL instead of 4 MiB: fewer checkpoint fsyncs on backfills.
     conn.pragma_update(None, "wal_autocheckpoint", 8192i64)?;
