@@ -10,8 +10,9 @@
 //!   chained the last of them, so each leaf page is written once per merge instead of once
 //!   per commit.
 //!
-//! A Bloom filter over the sorted table (built when the spool opens: about half a second per
-//! million keys) answers most "not chained" questions without reading it.
+//! A Bloom filter over the sorted table (built when the spool opens: a drain-only start of a
+//! spool holding 1.12 million keys took 0.2–0.3 s in all) answers most "not chained"
+//! questions without reading it.
 //!
 //! A key is chained exactly when it is in one of the two tables; both are durable with the
 //! records in the same transaction.
