@@ -108,10 +108,15 @@ impl KeyIndex {
 
     /// Whether `key` is chained (committed).
     pub fn contains(&self, conn: &Connection, key: &str) -> rusqlite::Result<bool> {
+        self.contains_hashed(conn, key, self.hash(key))
+    }
+
+    /// [`KeyIndex::contains`] with the key's hash already computed.
+    fn contains_hashed(&self, conn: &Connection, key: &str, hash: u64) -> rusqlite::Result<bool> {
         if self.collided.contains(key) {
             return Ok(true);
         }
-        if let Some(seq) = self.recent.get(&self.hash(key)) {
+        if let Some(seq) = self.recent.get(&hash) {
             let stored: Option<String> = conn
                 .prepare_cached("SELECT key FROM keys_recent WHERE seq = ?1")?
                 .query_row([*seq as i64], |r| r.get(0))
@@ -121,7 +126,7 @@ impl KeyIndex {
             }
         }
         if let Some(bloom) = &self.sorted
-            && !bloom.may_contain(self.hash(key))
+            && !bloom.may_contain(hash)
         {
             return Ok(false);
         }
@@ -136,7 +141,7 @@ impl KeyIndex {
             .by_hash
             .get(&hash)
             .is_some_and(|keys| keys.iter().any(|(_, k)| k == key))
-            || self.contains(tx, key)?
+            || self.contains_hashed(tx, key, hash)?
         {
             return Ok(false);
         }
@@ -193,17 +198,13 @@ impl KeyIndex {
             }
             return;
         }
-        let mut hashes: Vec<u64> = self.recent.drain().map(|(hash, _)| hash).collect();
-        let hasher = &self.hasher;
-        hashes.extend(self.collided.drain().map(|key| hasher.hash_one(key.as_str())));
-        hashes.extend(
-            staged
+        if let Some(bloom) = &mut self.sorted {
+            let collided = self.collided.iter().map(|key| self.hasher.hash_one(key.as_str()));
+            let staged = staged
                 .by_hash
                 .into_iter()
-                .flat_map(|(hash, keys)| keys.into_iter().map(move |_| hash)),
-        );
-        if let Some(bloom) = &mut self.sorted {
-            for hash in hashes {
+                .flat_map(|(hash, keys)| keys.into_iter().map(move |_| hash));
+            for hash in self.recent.keys().copied().chain(collided).chain(staged) {
                 bloom.insert(hash);
             }
             tracing::debug!(filter_keys = bloom.len(), "spool key filter updated");
@@ -217,6 +218,8 @@ impl KeyIndex {
                 };
             }
         }
+        self.recent.clear();
+        self.collided.clear();
     }
 }
 
