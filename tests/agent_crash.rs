@@ -1,9 +1,10 @@
 //! Crash safety with the real binary and a real chat.db: while the device simulator writes a
 //! 100,000-message live stream, the agent is killed with SIGKILL at 50 random moments and
 //! restarted; afterwards every simulated event is archived exactly once and the chain
-//! verifies. The power-cut variant also tears the last write after each kill: an uncommitted
-//! or garbage tail on the spool's WAL, a partial line at the end of the archive's newest
-//! segment, and a half-written attachment copy in the spool.
+//! verifies. The power-cut variant also tears the last write after each kill: part of an
+//! uncommitted batch (stale but well-formed frames, then garbage) at the end of the spool
+//! log's newest segment, a partial line at the end of the archive's newest segment, and a
+//! half-written attachment file in the archive.
 
 mod pipeline_support;
 
@@ -138,45 +139,36 @@ fn sigkill_at_50_random_moments_during_a_100k_message_stream_loses_and_duplicate
 #[test]
 fn power_cut_with_torn_last_writes_loses_and_duplicates_nothing() {
     crash_and_recover(4_242, |setup, rng| {
-        tear_wal_tail(&setup.spool().join("spool.sqlite-wal"), rng);
+        tear_log_tail(&setup.spool().join("log"), rng);
         tear_archive_tail(&setup.archive().join(DEVICE), rng);
-        tear_blob_copy(&setup.spool().join("blobs"), rng);
+        tear_archive_attachment(&setup.archive().join(DEVICE), rng);
     });
 }
 
-/// The spool's WAL as a power cut can leave it: frames after the last commit frame (a
-/// transaction in progress) cut at a random byte, then random garbage (a frame whose write
-/// was torn) appended. Committed frames are never touched: `COMMIT` returned only after they
-/// were fsync'd.
-fn tear_wal_tail(wal: &Path, rng: &mut StdRng) {
-    let Ok(bytes) = std::fs::read(wal) else { return };
-    if bytes.len() < 32 {
+/// The spool log as a power cut can leave it when a batch's fdatasync never returned: part
+/// of that batch on disk after the last committed frame. Simulated by appending to the newest
+/// segment a random prefix of well-formed frames (a copy of the segment's first frames:
+/// their CRCs check, but they do not continue the chain) and then random garbage. Committed
+/// frames are never touched: an append returned only after they were fsync'd.
+fn tear_log_tail(log: &Path, rng: &mut StdRng) {
+    let Ok(entries) = std::fs::read_dir(log) else { return };
+    let Some(newest) = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+    else {
         return;
-    }
-    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
-    let page_size = match be(8) {
-        1 => 65_536,
-        n => n as usize,
     };
-    let (salt1, salt2) = (be(16), be(20));
-    let frame = 24 + page_size;
-    let mut committed_end = 32;
-    let mut offset = 32;
-    while offset + frame <= bytes.len() && be(offset + 8) == salt1 && be(offset + 12) == salt2 {
-        if be(offset + 4) != 0 {
-            committed_end = offset + frame;
-        }
-        offset += frame;
+    let bytes = std::fs::read(&newest).unwrap();
+    let body = &bytes[bytes.len().min(32)..];
+    let mut tail = Vec::new();
+    if !body.is_empty() {
+        tail.extend_from_slice(&body[..rng.random_range(1..=body.len().min(16_384))]);
     }
-    let mut file = std::fs::OpenOptions::new().write(true).open(wal).unwrap();
-    if bytes.len() > committed_end {
-        let cut = rng.random_range(committed_end..bytes.len());
-        file.set_len(cut as u64).unwrap();
-    }
-    let garbage: Vec<u8> = (0..rng.random_range(1..frame)).map(|_| rng.random()).collect();
-    use std::io::Seek;
-    file.seek(std::io::SeekFrom::End(0)).unwrap();
-    file.write_all(&garbage).unwrap();
+    tail.extend((0..rng.random_range(0..512)).map(|_| rng.random::<u8>()));
+    let mut file = std::fs::OpenOptions::new().append(true).open(newest).unwrap();
+    file.write_all(&tail).unwrap();
 }
 
 /// A partial record line at the end of the newest segment (a write that never completed).
@@ -198,10 +190,11 @@ fn tear_archive_tail(device_dir: &Path, rng: &mut StdRng) {
     file.write_all(&partial.as_bytes()[..n]).unwrap();
 }
 
-/// A half-written attachment copy in the spool.
-fn tear_blob_copy(blobs: &Path, rng: &mut StdRng) {
-    let dir = blobs.join("ab");
+/// A half-written attachment file in the archive (a batch interrupted before it was synced
+/// and renamed into place).
+fn tear_archive_attachment(device_dir: &Path, rng: &mut StdRng) {
+    let dir = device_dir.join("attachments").join("ab");
     std::fs::create_dir_all(&dir).unwrap();
-    let name = format!(".{}.{}.tmp", "ab".repeat(32), rng.random::<u16>());
+    let name = format!(".{}.{:016x}.tmp", "ab".repeat(32), rng.random::<u64>());
     std::fs::write(dir.join(name), b"half a jpeg").unwrap();
 }

@@ -162,7 +162,7 @@ fn the_configuration_the_operator_renders_runs_the_real_agent() {
     let (verified, summary) = verify_archive(&archive);
     assert!(verified.status.success(), "{summary}");
     assert!(
-        root.join("spool/spool.sqlite").is_file(),
+        root.join("spool/checkpoint").is_file() && root.join("spool/log").is_dir(),
         "the spool is where the operator said"
     );
 }

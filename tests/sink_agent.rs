@@ -54,7 +54,7 @@ fn drafts(device: &str, n: u64, files: &mut DirAttachments) -> Vec<Draft> {
     records(device, n, files)
         .into_iter()
         .map(|r| {
-            let mut record = r.record;
+            let mut record = r.record().unwrap().clone();
             record.seq = 0;
             record.prev_hash.clear();
             record.hash.clear();
@@ -63,22 +63,13 @@ fn drafts(device: &str, n: u64, files: &mut DirAttachments) -> Vec<Draft> {
                 .iter()
                 .filter_map(|a| a.sha256.clone())
                 .map(|sha| {
-                    let path = files.path_of(&sha);
+                    let path = files.path(&sha);
                     (sha, path)
                 })
                 .collect();
             Draft { record, files }
         })
         .collect()
-}
-
-trait PathOf {
-    fn path_of(&self, sha: &str) -> PathBuf;
-}
-impl PathOf for DirAttachments {
-    fn path_of(&self, sha: &str) -> PathBuf {
-        capturefleet::sinks::AttachmentStore::path_of(self, sha).unwrap()
-    }
 }
 
 struct Agent {

@@ -119,10 +119,13 @@ fn assert_exactly_once(consumed: &[Consumed], spool: &[SpooledRecord]) {
     for rec in spool {
         let c = by_seq[&rec.seq];
         assert_eq!(c.value, rec.json.as_bytes(), "seq {} byte for byte", rec.seq);
-        assert_eq!(c.key, message_key(&rec.record));
-        assert_eq!(c.headers["idempotency-key"], rec.record.idempotency_key);
-        assert_eq!(c.headers["record-sha256"], rec.record.hash);
-        assert_eq!(c.headers["device"], format!("compliance/{}", rec.record.device.name));
+        assert_eq!(c.key, message_key(rec.record().unwrap()));
+        assert_eq!(c.headers["idempotency-key"], rec.record().unwrap().idempotency_key);
+        assert_eq!(c.headers["record-sha256"], rec.meta.hash);
+        assert_eq!(
+            c.headers["device"],
+            format!("compliance/{}", rec.record().unwrap().device.name)
+        );
     }
     for p in 0..PARTITIONS {
         let seqs: Vec<u64> = consumed

@@ -245,7 +245,7 @@ async fn records_and_attachments_are_stored_byte_for_byte_with_retention_and_leg
     let stored = objects(&admin, &b, "archive/compliance/dev-s3/attachments/").await;
     let expected: BTreeMap<String, Vec<u8>> = batch
         .iter()
-        .flat_map(|r| r.record.attachments.iter())
+        .flat_map(|r| r.record().unwrap().attachments.iter())
         .map(|a| {
             let h = a.sha256.clone().unwrap();
             (format!("archive/compliance/dev-s3/attachments/{h}"), files.bytes(&h))
@@ -299,9 +299,11 @@ async fn different_bytes_for_an_archived_record_are_a_loud_permanent_error() {
     sink.deliver(&batch, &files).await.unwrap();
 
     let mut forged = batch.clone();
-    forged[3].record.body.as_mut().unwrap().text = "altered".into();
-    forged[3].record.seal(4, &batch[2].record.hash);
-    forged[3].json = forged[3].record.to_canonical_json();
+    let mut altered = forged[3].record().unwrap().clone();
+    altered.body.as_mut().unwrap().text = "altered".into();
+    altered.seal(4, &batch[2].meta.hash);
+    let json = altered.to_canonical_json();
+    forged[3] = SpooledRecord::from_record(4, altered, json);
     let err = S3Sink::new("s3", &s3.target(&b, compliance(1)))
         .unwrap()
         .deliver(&forged, &files)
@@ -498,11 +500,12 @@ async fn an_attachment_archived_again_gets_the_longer_retention() {
     let mut files = DirAttachments::new();
     let mut batch = records("dev-ext", 10, &mut files);
     // Record 10 carries the same file as record 5 (sent again later).
-    let shared = batch[4].record.attachments[0].clone();
-    batch[9].record.attachments = vec![shared.clone()];
-    let prev = batch[8].record.hash.clone();
-    batch[9].record.seal(10, &prev);
-    batch[9].json = batch[9].record.to_canonical_json();
+    let shared = batch[4].record().unwrap().attachments[0].clone();
+    let mut tenth = batch[9].record().unwrap().clone();
+    tenth.attachments = vec![shared.clone()];
+    tenth.seal(10, &batch[8].meta.hash);
+    let json = tenth.to_canonical_json();
+    batch[9] = SpooledRecord::from_record(10, tenth, json);
     let key = format!(
         "archive/compliance/dev-ext/attachments/{}",
         shared.sha256.clone().unwrap()

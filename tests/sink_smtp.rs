@@ -95,7 +95,7 @@ fn text<'a>(m: &'a Message<'a>, header: &'a str) -> &'a str {
 /// Check one per-record message against its record: ids, headers, the exact JSON, every
 /// participant and every attachment.
 fn check_record_message(m: &Message<'_>, rec: &SpooledRecord, files: &DirAttachments) {
-    let r = &rec.record;
+    let r = rec.record().unwrap();
     assert_eq!(text(m, "X-Capturefleet-Record-Sha256"), r.hash);
     assert_eq!(text(m, "X-Capturefleet-Seq"), rec.seq.to_string());
     assert_eq!(text(m, "X-Capturefleet-Idempotency-Key"), r.idempotency_key);
@@ -159,7 +159,7 @@ async fn per_record_messages_parse_and_carry_every_participant_and_attachment() 
         .collect();
     assert_eq!(by_id.len(), 20, "one Message-ID per record");
     for rec in &all {
-        let id = format!("rec.{}@bank.example", &rec.record.hash[..40]);
+        let id = format!("rec.{}@bank.example", &rec.meta.hash[..40]);
         let m = parser().parse(by_id[&id]).unwrap();
         check_record_message(&m, rec, &files);
         assert_eq!(
@@ -300,7 +300,10 @@ async fn per_conversation_day_messages_hold_each_days_records_once_across_restar
         let lines: Vec<&str> = std::str::from_utf8(jsonl.contents()).unwrap().lines().collect();
         let expected: Vec<&SpooledRecord> = all
             .iter()
-            .filter(|x| x.record.event_time.starts_with(&day) && x.record.conversation.as_ref().unwrap().id == conv)
+            .filter(|x| {
+                x.record().unwrap().event_time.starts_with(&day)
+                    && x.record().unwrap().conversation.as_ref().unwrap().id == conv
+            })
             .collect();
         assert_eq!(
             lines,
@@ -309,13 +312,19 @@ async fn per_conversation_day_messages_hold_each_days_records_once_across_restar
         );
         let participants: BTreeSet<&str> = text(&m, "X-Capturefleet-Participants").split(", ").collect();
         for x in &expected {
-            for p in &x.record.conversation.as_ref().unwrap().participants {
+            for p in &x.record().unwrap().conversation.as_ref().unwrap().participants {
                 assert!(participants.contains(p.as_str()), "{p}");
             }
         }
         let wanted: BTreeSet<String> = expected
             .iter()
-            .flat_map(|x| x.record.attachments.iter().map(|a| a.sha256.clone().unwrap()))
+            .flat_map(|x| {
+                x.record()
+                    .unwrap()
+                    .attachments
+                    .iter()
+                    .map(|a| a.sha256.clone().unwrap())
+            })
             .collect();
         let got: BTreeSet<String> = (1..m.attachment_count() as u32)
             .map(|i| {
@@ -369,7 +378,7 @@ async fn server_outage_mid_stream_loses_nothing() {
         .collect();
     let expected: BTreeSet<String> = all
         .iter()
-        .map(|r| format!("rec.{}@bank.example", &r.record.hash[..40]))
+        .map(|r| format!("rec.{}@bank.example", &r.meta.hash[..40]))
         .collect();
     assert_eq!(ids, expected, "every record's message arrived");
 }

@@ -55,7 +55,7 @@ async fn delivers_signed_records_byte_for_byte_and_redelivery_is_deduplicated() 
         assert_eq!(r.stored.len(), 40, "deduplicated by Idempotency-Key: each record once");
         for rec in &batch {
             assert_eq!(
-                r.stored[&rec.record.idempotency_key],
+                r.stored[&rec.record().unwrap().idempotency_key],
                 rec.json.as_bytes(),
                 "seq {} byte for byte",
                 rec.seq
@@ -156,7 +156,7 @@ async fn outage_then_recovery_loses_and_duplicates_nothing() {
         assert_eq!(r.stored.len(), 30);
         assert_eq!(r.requests, 30, "no record was accepted twice");
         for rec in &all {
-            assert_eq!(r.stored[&rec.record.idempotency_key], rec.json.as_bytes());
+            assert_eq!(r.stored[&rec.record().unwrap().idempotency_key], rec.json.as_bytes());
         }
     });
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::capture::Wake;
 use super::metrics::{AgentMetrics, apple_now_ns};
-use super::spool::{BlobStore, ChainHead, SpoolError, SpoolReader};
+use super::spool::{ChainHead, SpoolError, SpoolReader};
 use super::status::SinkHealth;
 use crate::sinks::{Sink, SinkError, SpooledRecord};
 
@@ -49,10 +49,8 @@ impl Default for DeliverySettings {
 pub struct SinkDelivery {
     /// The sink.
     pub sink: Arc<dyn Sink>,
-    /// Its spool connection.
+    /// Its reader of the spool.
     pub reader: Arc<Mutex<SpoolReader>>,
-    /// Attachment files in the spool.
-    pub blobs: BlobStore,
     /// The chain head, as the capture loop commits.
     pub head: watch::Receiver<ChainHead>,
     /// Metrics.
@@ -74,12 +72,12 @@ pub struct SinkDelivery {
 /// Blocking spool calls run off the async threads.
 async fn with_reader<T: Send + 'static>(
     reader: &Arc<Mutex<SpoolReader>>,
-    f: impl FnOnce(&SpoolReader) -> Result<T, SpoolError> + Send + 'static,
+    f: impl FnOnce(&mut SpoolReader) -> Result<T, SpoolError> + Send + 'static,
 ) -> Result<T, SpoolError> {
     let reader = Arc::clone(reader);
     tokio::task::spawn_blocking(move || {
-        let guard = reader.blocking_lock();
-        f(&guard)
+        let mut guard = reader.blocking_lock();
+        f(&mut guard)
     })
     .await
     .expect("spool task does not panic")
@@ -159,9 +157,9 @@ impl SinkDelivery {
                     continue;
                 }
             };
-            let last = batch.last().map_or(cursor, |r| r.seq);
+            let last = batch.records.last().map_or(cursor, |r| r.seq);
             let result = tokio::select! {
-                result = self.sink.deliver(&batch, &self.blobs) => result,
+                result = self.sink.deliver(&batch.records, &batch) => result,
                 _ = self.abort.cancelled() => return cursor,
             };
             match result {
@@ -183,7 +181,7 @@ impl SinkDelivery {
                     if !acked {
                         return cursor;
                     }
-                    self.observe_ack(&name, &batch);
+                    self.observe_ack(&name, &batch.records);
                     cursor = last;
                     if buffered_at.elapsed() >= BUFFERED_REFRESH {
                         buffered = self.buffered(&name).await.unwrap_or(buffered);
@@ -200,7 +198,13 @@ impl SinkDelivery {
                         .inc();
                     let delay = self.settings.backoff.delay(failures);
                     failures = failures.saturating_add(1);
-                    self.report_failure(&name, &error, failures, delay, batch.first().map_or(0, |r| r.seq));
+                    self.report_failure(
+                        &name,
+                        &error,
+                        failures,
+                        delay,
+                        batch.records.first().map_or(0, |r| r.seq),
+                    );
                     if self.sleep(delay).await {
                         return cursor;
                     }
@@ -297,7 +301,7 @@ impl SinkDelivery {
         let now = apple_now_ns();
         let histogram = self.metrics.commit_to_ack.with_label_values(&[name]);
         for record in batch {
-            let event = record.record.event_time_apple_ns;
+            let event = record.meta.event_time_apple_ns;
             if event >= self.live_since_apple_ns && event <= now {
                 histogram.observe((now - event) as f64 / 1e9);
             }

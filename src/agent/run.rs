@@ -192,9 +192,11 @@ pub async fn run_with(
     let names = sink_names.clone();
     let dir = spool_dir.clone();
     let live_window = Duration::from_secs(config.capture.rescan_window_seconds);
+    let segment_bytes = run.capture.spool_max_bytes / 16;
     let spool = tokio::task::spawn_blocking(move || -> anyhow::Result<Spool> {
         let mut spool = Spool::open(&dir, &device)?;
         spool.set_live_window(live_window);
+        spool.set_segment_max_bytes(segment_bytes);
         for forgotten in spool.sync_cursors(&names)? {
             tracing::warn!(sink = %forgotten, "sink no longer configured: its cursor is forgotten");
         }
@@ -215,8 +217,10 @@ pub async fn run_with(
 
     let (wake_tx, wake_rx) = mpsc::channel::<Wake>();
     let (head_tx, head_rx) = watch::channel(spool.head().clone());
-    let blobs = spool.blobs().clone();
     metrics.chain_sequence.set(spool.head().seq as i64);
+    // Readers share the spool's state, so they are made before the capture loop takes it.
+    let monitor = std::sync::Mutex::new(spool.reader());
+    let mut readers: Vec<SpoolReader> = sinks.iter().map(|_| spool.reader()).collect();
 
     let (mut capture_task, _watcher, _head_tx) = match mode {
         Mode::Capture(source) => {
@@ -241,12 +245,10 @@ pub async fn run_with(
     let abort = CancellationToken::new();
     let mut deliveries = Vec::new();
     for sink in &sinks {
-        let dir = spool_dir.clone();
-        let reader = tokio::task::spawn_blocking(move || SpoolReader::open(&dir)).await??;
+        let reader = readers.remove(0);
         let task = SinkDelivery {
             sink: Arc::clone(sink),
             reader: Arc::new(Mutex::new(reader)),
-            blobs: blobs.clone(),
             head: head_rx.clone(),
             metrics: metrics.clone(),
             health: status.sink(sink.name()),
@@ -273,7 +275,6 @@ pub async fn run_with(
         })
     });
 
-    let monitor = std::sync::Mutex::new(SpoolReader::open(&spool_dir)?);
     let reason = match capture_task.as_mut() {
         Some(task) => wait_for_stop(&run, &signals, &status, &monitor, task, &sink_names).await,
         None => StopReason::DrainOnly,

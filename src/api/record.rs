@@ -459,6 +459,11 @@ impl ArchiveRecord {
 }
 
 /// Builds the idempotency key `device/guid/revision`.
+/// Whether `s` is a SHA-256 as records carry it: 64 lowercase hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 pub fn idempotency_key(device: &str, guid: &str, revision: &str) -> String {
     format!("{device}/{guid}/{revision}")
 }

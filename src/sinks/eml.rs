@@ -27,7 +27,7 @@ use mail_builder::headers::text::Text;
 use mail_builder::mime::{BodyPart, MimePart};
 use sha2::{Digest, Sha256};
 
-use super::SpooledRecord;
+use super::{SinkError, SpooledRecord};
 use crate::api::record::{ArchiveRecord, AttachmentInfo, Conversation};
 
 /// Addresses of the journal messages.
@@ -69,7 +69,7 @@ pub fn record_message_id(settings: &EmlSettings, record: &ArchiveRecord) -> Stri
 pub fn day_message_id(settings: &EmlSettings, records: &[SpooledRecord]) -> String {
     let mut h = Sha256::new();
     for r in records {
-        h.update(r.record.hash.as_bytes());
+        h.update(r.meta.hash.as_bytes());
         h.update(b"\n");
     }
     format!("day.{}@{}", &hex::encode(h.finalize())[..40], settings.domain())
@@ -221,9 +221,13 @@ fn base<'x>(settings: &EmlSettings, display: String, id: String, date: i64, subj
         .header("MIME-Version", HeaderType::Text(Text::new("1.0")))
 }
 
-/// The journal message of one record.
-pub fn record_eml(settings: &EmlSettings, rec: &SpooledRecord, attachments: &[EmlAttachment]) -> Vec<u8> {
-    let r = &rec.record;
+/// The journal message of one record (an error only when the stored record does not parse).
+pub fn record_eml(
+    settings: &EmlSettings,
+    rec: &SpooledRecord,
+    attachments: &[EmlAttachment],
+) -> Result<Vec<u8>, SinkError> {
+    let r = rec.record()?;
     let conv = r.conversation.as_ref();
     let service = conv
         .map(|c| c.service.as_str())
@@ -273,7 +277,7 @@ pub fn record_eml(settings: &EmlSettings, rec: &SpooledRecord, attachments: &[Em
         "\nRecord sha256 {} (seq {}); the exact record is attached.\n",
         r.hash, rec.seq
     ));
-    finish(
+    Ok(finish(
         m,
         &r.hash,
         text,
@@ -281,20 +285,30 @@ pub fn record_eml(settings: &EmlSettings, rec: &SpooledRecord, attachments: &[Em
         format!("record-{}.json", rec.seq),
         rec.json.clone().into_bytes(),
         attachments,
-    )
+    ))
 }
 
 /// The journal message of one conversation-day: `records` are that conversation's records of
-/// one UTC day, in sequence order, without duplicates.
-pub fn day_eml(settings: &EmlSettings, day: &str, records: &[SpooledRecord], attachments: &[EmlAttachment]) -> Vec<u8> {
+/// one UTC day, in sequence order, without duplicates (an error only when a stored record
+/// does not parse).
+pub fn day_eml(
+    settings: &EmlSettings,
+    day: &str,
+    records: &[SpooledRecord],
+    attachments: &[EmlAttachment],
+) -> Result<Vec<u8>, SinkError> {
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    let r = &last.record;
-    // Participants: the union over the day (members may join or leave).
-    let mut participants: Vec<String> = records
+    let parsed = records
         .iter()
-        .filter_map(|x| x.record.conversation.as_ref())
+        .map(SpooledRecord::record)
+        .collect::<Result<Vec<_>, _>>()?;
+    let r = parsed[parsed.len() - 1];
+    // Participants: the union over the day (members may join or leave).
+    let mut participants: Vec<String> = parsed
+        .iter()
+        .filter_map(|x| x.conversation.as_ref())
         .flat_map(|c| c.participants.iter().cloned())
         .collect();
     participants.sort();
@@ -332,17 +346,14 @@ pub fn day_eml(settings: &EmlSettings, day: &str, records: &[SpooledRecord], att
         "X-Capturefleet-Records-Sha256",
         Text::new(hex::encode(Sha256::digest(&jsonl))),
     )
-    .header(
-        "X-Capturefleet-First-Record-Sha256",
-        Text::new(first.record.hash.clone()),
-    )
-    .header("X-Capturefleet-Last-Record-Sha256", Text::new(last.record.hash.clone()));
+    .header("X-Capturefleet-First-Record-Sha256", Text::new(first.meta.hash.clone()))
+    .header("X-Capturefleet-Last-Record-Sha256", Text::new(last.meta.hash.clone()));
     if let Some(user) = &r.device.user_id {
         m = m.header("X-Capturefleet-User-Id", Text::new(user.clone()));
     }
-    let mut senders: Vec<String> = records
+    let mut senders: Vec<String> = parsed
         .iter()
-        .filter_map(|x| x.record.sender.as_ref()?.handle.clone())
+        .filter_map(|x| x.sender.as_ref()?.handle.clone())
         .collect();
     senders.sort();
     senders.dedup();
@@ -360,8 +371,8 @@ pub fn day_eml(settings: &EmlSettings, day: &str, records: &[SpooledRecord], att
             c.participants.join(", ")
         ));
     }
-    for x in records {
-        transcript_entry(&mut text, &x.record);
+    for x in &parsed {
+        transcript_entry(&mut text, x);
     }
     text.push_str(&format!(
         "\n{} records, seq {}..{}; the exact records are attached as JSON Lines.\n",
@@ -369,7 +380,7 @@ pub fn day_eml(settings: &EmlSettings, day: &str, records: &[SpooledRecord], att
         first.seq,
         last.seq
     ));
-    finish(
+    Ok(finish(
         m,
         &id,
         text,
@@ -377,7 +388,7 @@ pub fn day_eml(settings: &EmlSettings, day: &str, records: &[SpooledRecord], att
         format!("records-{}-{}.jsonl", first.seq, last.seq),
         jsonl,
         attachments,
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -445,7 +456,7 @@ mod tests {
         };
         r.seal(seq, GENESIS_HASH);
         let json = r.to_canonical_json();
-        SpooledRecord { seq, record: r, json }
+        SpooledRecord::from_record(seq, r, json)
     }
 
     /// An independent MIME parser. mail-parser parses every header it knows only while its
@@ -472,18 +483,18 @@ mod tests {
     fn record_message_is_deterministic_and_parses_with_every_part() {
         let rec = record(7, "Grüße — \"quoted\"\nline 2");
         let att = [EmlAttachment {
-            info: rec.record.attachments[0].clone(),
+            info: rec.record().unwrap().attachments[0].clone(),
             bytes: b"%PDF".to_vec(),
         }];
-        let a = record_eml(&settings(), &rec, &att);
-        let b = record_eml(&settings(), &rec, &att);
+        let a = record_eml(&settings(), &rec, &att).unwrap();
+        let b = record_eml(&settings(), &rec, &att).unwrap();
         assert_eq!(a, b, "same record, same bytes");
         assert!(a.is_ascii(), "7-bit clean");
 
         let msg = parser().parse(&a).unwrap();
         assert_eq!(
             msg.message_id(),
-            Some(record_message_id(&settings(), &rec.record).as_str())
+            Some(record_message_id(&settings(), rec.record().unwrap()).as_str())
         );
         assert_eq!(
             msg.header("X-Capturefleet-Participants").and_then(|h| h.as_text()),
@@ -495,7 +506,7 @@ mod tests {
         );
         assert_eq!(
             msg.header("X-Capturefleet-Record-Sha256").and_then(|h| h.as_text()),
-            Some(rec.record.hash.as_str())
+            Some(rec.meta.hash.as_str())
         );
         assert_eq!(msg.attachment_count(), 2);
         let json = msg.attachment(0).unwrap();
@@ -514,7 +525,7 @@ mod tests {
         let both = day_message_id(&settings(), &[a.clone(), b.clone()]);
         assert_ne!(one, both);
         assert_eq!(both, day_message_id(&settings(), &[a.clone(), b.clone()]));
-        let eml = day_eml(&settings(), "2024-03-09", &[a.clone(), b.clone()], &[]);
+        let eml = day_eml(&settings(), "2024-03-09", &[a.clone(), b.clone()], &[]).unwrap();
         let msg = parser().parse(&eml).unwrap();
         let jsonl = msg.attachment(0).unwrap().contents();
         assert_eq!(jsonl, format!("{}\n{}\n", a.json, b.json).as_bytes());

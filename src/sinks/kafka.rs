@@ -338,22 +338,24 @@ impl KafkaSink {
         if fresh.len() < batch.len() {
             info!(sink = %self.name, skipped = batch.len() - fresh.len(), "records already committed to Kafka");
         }
+        // Parsed before the transaction begins, so a damaged record cannot leave one open.
+        let parsed = fresh.iter().map(|r| r.record()).collect::<Result<Vec<_>, _>>()?;
         session
             .producer
             .begin_transaction()
             .map_err(|e| kafka_error("begin_transaction", &e))?;
         let mut pending = Vec::with_capacity(fresh.len());
-        for rec in &fresh {
+        for (rec, parsed) in fresh.iter().zip(parsed) {
             let seq = rec.seq.to_string();
-            let device = device_id(&rec.record);
+            let device = device_id(parsed);
             let headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "idempotency-key",
-                    value: Some(rec.record.idempotency_key.as_str()),
+                    value: Some(parsed.idempotency_key.as_str()),
                 })
                 .insert(Header {
                     key: "record-sha256",
-                    value: Some(rec.record.hash.as_str()),
+                    value: Some(rec.meta.hash.as_str()),
                 })
                 .insert(Header {
                     key: "seq",
@@ -365,9 +367,9 @@ impl KafkaSink {
                 })
                 .insert(Header {
                     key: "schema",
-                    value: Some(rec.record.schema.as_str()),
+                    value: Some(parsed.schema.as_str()),
                 });
-            let key = message_key(&rec.record);
+            let key = message_key(parsed);
             let mut record = FutureRecord::to(&self.target.topic)
                 .key(&key)
                 .payload(rec.json.as_bytes())
@@ -488,8 +490,12 @@ impl Sink for KafkaSink {
     #[instrument(name = "kafka_deliver", skip_all, fields(sink = %self.name, records = batch.len()))]
     async fn deliver(&self, batch: &[SpooledRecord], _attachments: &dyn AttachmentStore) -> Result<(), SinkError> {
         let Some(first) = batch.first() else { return Ok(()) };
-        let device = device_id(&first.record);
-        if batch.iter().any(|r| device_id(&r.record) != device) {
+        let device = device_id(first.record()?);
+        if batch
+            .iter()
+            .map(|r| r.record().map(device_id))
+            .any(|d| d.is_ok_and(|d| d != device))
+        {
             return Err(SinkError::Permanent(
                 "a Kafka batch must hold one device's records".into(),
             ));

@@ -7,16 +7,16 @@
 //! idempotently (deterministic object keys, message ids, idempotency headers, or a
 //! sequence check).
 
+pub mod attachment;
 pub mod factory;
+pub mod files;
 pub mod filesystem;
-pub mod link_or_copy;
-pub mod parallel;
-
-use std::path::PathBuf;
+pub mod spooled;
 
 use async_trait::async_trait;
 
-use crate::api::record::ArchiveRecord;
+pub use attachment::{Attachment, AttachmentStore};
+pub use spooled::{RecordMeta, SpooledRecord};
 
 pub mod ca;
 pub mod eml;
@@ -27,23 +27,6 @@ pub mod secret;
 pub mod smtp;
 pub mod smtp_day;
 pub mod webhook;
-
-/// A sealed record as stored in the spool: the parsed record and its exact stored bytes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SpooledRecord {
-    /// The record's chain position.
-    pub seq: u64,
-    /// The parsed record.
-    pub record: ArchiveRecord,
-    /// The canonical JSON stored in the spool (what byte-for-byte sinks must write).
-    pub json: String,
-}
-
-/// Read access to attachment files captured into the spool, by SHA-256.
-pub trait AttachmentStore: Send + Sync {
-    /// The path of the captured file with this lowercase hex SHA-256, if the spool holds it.
-    fn path_of(&self, sha256: &str) -> Option<PathBuf>;
-}
 
 /// Why a sink call failed. The delivery loop retries `Transient` with backoff forever (the
 /// spool keeps the records), keeps `Permanent` failures in the spool too but reports them

@@ -45,7 +45,7 @@ use tracing::{debug, info, instrument, warn};
 use super::ca::CaBundle;
 use super::s3_keys::{attachment_key, device_base, parse_records_key, records_dir, records_key, start_after_for};
 use super::secret::{read_optional_secret_key, read_secret_key};
-use super::{AttachmentStore, Sink, SinkError, SpooledRecord};
+use super::{Attachment, AttachmentStore, Sink, SinkError, SpooledRecord};
 use crate::api::agent::{ObjectLockMode, S3Target};
 
 /// The S3 sink.
@@ -342,8 +342,8 @@ impl S3Sink {
             let meta = [
                 ("first-seq", pos.to_string()),
                 ("last-seq", end.to_string()),
-                ("last-hash", record.record.hash.clone()),
-                ("schema", record.record.schema.clone()),
+                ("last-hash", record.meta.hash.clone()),
+                ("schema", record.record()?.schema.clone()),
             ];
             let written = self
                 .put_new(
@@ -370,14 +370,19 @@ impl S3Sink {
         Ok(())
     }
 
-    async fn write_attachment(&self, base: &str, sha256: &str, path: &Path) -> Result<(), SinkError> {
+    async fn write_attachment(&self, base: &str, sha256: &str, content: &Attachment) -> Result<(), SinkError> {
         let raw = hex::decode(sha256)
             .ok()
             .filter(|h| h.len() == 32)
             .ok_or_else(|| SinkError::Permanent(format!("attachment hash {sha256:?} is not a SHA-256")))?;
         let checksum = BASE64.encode(&raw);
         let key = attachment_key(base, sha256);
-        let body = ByteStream::from_path(path)
+        let (path, offset) = content.location();
+        let body = ByteStream::read_from()
+            .path(path)
+            .offset(offset)
+            .length(aws_sdk_s3::primitives::Length::Exact(content.len()))
+            .build()
             .await
             .map_err(|e| SinkError::Transient(format!("cannot read captured attachment {sha256}: {e}")))?;
         let meta = [("sha256", sha256.to_owned())];
@@ -538,11 +543,11 @@ impl S3Sink {
         // A batch may in principle mix devices; write each device's consecutive run separately.
         let mut start = 0;
         while start < batch.len() {
-            let device = &batch[start].record.device;
+            let device = &batch[start].record()?.device;
             let mut end = start + 1;
             while end < batch.len()
-                && batch[end].record.device.name == device.name
-                && batch[end].record.device.namespace == device.namespace
+                && batch[end].record()?.device.name == device.name
+                && batch[end].record()?.device.namespace == device.namespace
                 && batch[end].seq == batch[end - 1].seq + 1
             {
                 end += 1;
@@ -550,15 +555,14 @@ impl S3Sink {
             let base = device_base(&self.target.prefix, device.namespace.as_deref(), &device.name);
             // Attachments first: a stored record never points at a missing file.
             for rec in &batch[start..end] {
-                for att in rec.record.attachments.iter().filter(|a| !a.missing) {
-                    let Some(sha) = &att.sha256 else { continue };
-                    let path = attachments.path_of(sha).ok_or_else(|| {
+                for sha in &rec.meta.files {
+                    let content = attachments.get(sha).ok_or_else(|| {
                         SinkError::Permanent(format!(
                             "record seq {} names attachment {sha} but the spool does not hold its file",
                             rec.seq
                         ))
                     })?;
-                    self.write_attachment(&base, sha, &path).await?;
+                    self.write_attachment(&base, sha, &content).await?;
                 }
             }
             self.write_records(&base, &batch[start..end]).await?;

@@ -173,23 +173,28 @@ impl Inner {
     ) -> Result<(), SinkError> {
         for rec in batch {
             let mut files = Vec::new();
-            for att in rec.record.attachments.iter().filter(|a| !a.missing) {
-                let Some(sha) = &att.sha256 else { continue };
-                let path = attachments.path_of(sha).ok_or_else(|| {
+            // The files the spool holds for this record (an attachment arriving later comes
+            // with its own `attachment` record).
+            for att in rec.record()?.attachments.iter().filter(|a| !a.missing) {
+                let Some(sha) = att.sha256.as_ref().filter(|sha| rec.meta.files.contains(sha)) else {
+                    continue;
+                };
+                let content = attachments.get(sha).ok_or_else(|| {
                     SinkError::Permanent(format!(
                         "record seq {} names attachment {sha} but the spool does not hold its file",
                         rec.seq
                     ))
                 })?;
-                let bytes = tokio::fs::read(&path)
+                let bytes = tokio::task::spawn_blocking(move || content.read_all())
                     .await
+                    .map_err(|e| SinkError::Transient(format!("attachment reader failed: {e}")))?
                     .map_err(|e| SinkError::Transient(format!("cannot read captured attachment {sha}: {e}")))?;
                 files.push(EmlAttachment {
                     info: att.clone(),
                     bytes,
                 });
             }
-            self.send(&record_eml(&self.settings, rec, &files)).await?;
+            self.send(&record_eml(&self.settings, rec, &files)?).await?;
         }
         Ok(())
     }
@@ -200,7 +205,7 @@ impl Inner {
         for cd in journal.pending()?.into_iter().filter(|cd| ready(cd)) {
             let (records, files) = journal.load(&cd)?;
             if !records.is_empty() {
-                self.send(&day_eml(&self.settings, &cd.day, &records, &files)).await?;
+                self.send(&day_eml(&self.settings, &cd.day, &records, &files)?).await?;
                 sent += 1;
             }
             journal.remove(&cd)?;
@@ -273,7 +278,7 @@ impl Sink for SmtpSink {
         debug!(sink = %inner.name, "records journaled for their conversation-day messages");
         // Days the stream has moved past and that are over are sent now; a failure here does
         // not fail the batch (it is journaled) — the timer and the next batch retry.
-        let newest = batch.iter().map(|r| record_day(&r.record)).max();
+        let newest = batch.iter().filter_map(|r| r.record().ok().map(record_day)).max();
         let now = jiff::Timestamp::now();
         if let Some(newest) = newest
             && let Err(e) = inner

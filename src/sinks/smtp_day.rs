@@ -24,9 +24,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::eml::EmlAttachment;
-use super::link_or_copy::link_or_copy;
+use super::files::place_durably;
 use super::{AttachmentStore, SinkError, SpooledRecord};
-use crate::api::record::ArchiveRecord;
+use crate::api::record::{ArchiveRecord, is_sha256_hex};
 
 /// One conversation on one UTC day.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -102,9 +102,10 @@ impl DayJournal {
         let last = self.last_seq()?;
         let mut groups: BTreeMap<ConvDay, Vec<&SpooledRecord>> = BTreeMap::new();
         for rec in batch.iter().filter(|r| r.seq > last) {
+            let parsed = rec.record()?;
             let cd = ConvDay {
-                day: record_day(&rec.record),
-                conversation: conversation_of(&rec.record),
+                day: record_day(parsed),
+                conversation: conversation_of(parsed),
             };
             groups.entry(cd).or_default().push(rec);
         }
@@ -113,10 +114,8 @@ impl DayJournal {
         };
         for recs in groups.values() {
             for rec in recs {
-                for att in rec.record.attachments.iter().filter(|a| !a.missing) {
-                    if let Some(sha) = &att.sha256 {
-                        self.keep_blob(sha, attachments, rec.seq)?;
-                    }
+                for sha in &rec.meta.files {
+                    self.keep_blob(sha, attachments, rec.seq)?;
                 }
             }
         }
@@ -134,7 +133,7 @@ impl DayJournal {
     }
 
     fn keep_blob(&self, sha: &str, attachments: &dyn AttachmentStore, seq: u64) -> Result<(), SinkError> {
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_sha256_hex(sha) {
             return Err(SinkError::Permanent(format!(
                 "record seq {seq}: attachment hash {sha:?} is not a SHA-256"
             )));
@@ -143,14 +142,13 @@ impl DayJournal {
         if target.exists() {
             return Ok(());
         }
-        let source = attachments.path_of(sha).ok_or_else(|| {
+        let content = attachments.get(sha).ok_or_else(|| {
             SinkError::Permanent(format!(
                 "record seq {seq} names attachment {sha} but the spool does not hold its file"
             ))
         })?;
-        // A hard link costs nothing when the journal is on the spool's file system; the
-        // directory is fsync'd once for the batch by the caller.
-        link_or_copy(&source, &target)
+        // The directory is fsync'd once for the batch by the caller.
+        place_durably(&content, &target)
             .map(|_| ())
             .map_err(|e| io("storing attachment at", &target, e))
     }
@@ -190,24 +188,26 @@ impl DayJournal {
                 .map_err(|e| SinkError::Permanent(format!("{} holds an unreadable line: {e}", path.display())))?;
             by_seq.insert(
                 record.seq,
-                SpooledRecord {
-                    seq: record.seq,
-                    record,
-                    json: json.to_owned(),
-                },
+                SpooledRecord::from_record(record.seq, record, json.to_owned()),
             );
         }
         let records: Vec<SpooledRecord> = by_seq.into_values().collect();
         let mut files = Vec::new();
         let mut seen = BTreeSet::new();
         for r in &records {
-            for att in r.record.attachments.iter().filter(|a| !a.missing) {
+            for att in r.record()?.attachments.iter().filter(|a| !a.missing) {
                 let Some(sha) = &att.sha256 else { continue };
                 if !seen.insert(sha.clone()) {
                     continue;
                 }
                 let blob = self.dir.join("blobs").join(sha);
-                let bytes = fs::read(&blob).map_err(|e| io("reading", &blob, e))?;
+                let bytes = match fs::read(&blob) {
+                    Ok(bytes) => bytes,
+                    // Not captured when its message was journaled: its own `attachment`
+                    // record brings it (and is journaled with it).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("reading", &blob, e)),
+                };
                 files.push(EmlAttachment {
                     info: att.clone(),
                     bytes,
@@ -238,7 +238,7 @@ impl DayJournal {
         for other in self.pending()? {
             let (records, _) = self.load_records_only(&other)?;
             for r in records {
-                needed.extend(r.record.attachments.iter().filter_map(|a| a.sha256.clone()));
+                needed.extend(r.meta.files);
             }
         }
         let blobs = self.dir.join("blobs");
@@ -258,11 +258,7 @@ impl DayJournal {
             .split_inclusive('\n')
             .filter(|l| l.ends_with('\n'))
             .filter_map(|l| ArchiveRecord::from_json(l.trim_end_matches('\n')).ok())
-            .map(|record| SpooledRecord {
-                seq: record.seq,
-                json: String::new(),
-                record,
-            })
+            .map(|record| SpooledRecord::from_record(record.seq, record, String::new()))
             .collect();
         Ok((records, ()))
     }
@@ -312,9 +308,7 @@ fn replace_durably(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SinkError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing", dir, e))
+    super::files::sync_dir(dir).map_err(|e| io("syncing", dir, e))
 }
 
 #[cfg(test)]
@@ -324,12 +318,16 @@ mod tests {
 
     struct NoFiles;
     impl AttachmentStore for NoFiles {
-        fn path_of(&self, _: &str) -> Option<PathBuf> {
+        fn get(&self, _: &str) -> Option<crate::sinks::Attachment> {
             None
         }
     }
 
     fn rec(seq: u64, conv: &str, time: &str) -> SpooledRecord {
+        with_attachments(seq, conv, time, vec![])
+    }
+
+    fn with_attachments(seq: u64, conv: &str, time: &str, attachments: Vec<AttachmentInfo>) -> SpooledRecord {
         let mut r = ArchiveRecord {
             schema: RECORD_SCHEMA.into(),
             kind: RecordKind::Message,
@@ -360,12 +358,12 @@ mod tests {
             reaction: None,
             group_event: None,
             deletion: None,
-            attachments: vec![],
+            attachments,
             decode_errors: vec![],
         };
         r.seal(seq, GENESIS_HASH);
         let json = r.to_canonical_json();
-        SpooledRecord { seq, record: r, json }
+        SpooledRecord::from_record(seq, r, json)
     }
 
     #[test]
@@ -416,12 +414,16 @@ mod tests {
     fn missing_attachment_files_are_permanent_errors() {
         let dir = tempfile::tempdir().unwrap();
         let j = DayJournal::open(dir.path()).unwrap();
-        let mut r = rec(1, "c", "2024-03-09T10:00:00Z");
-        r.record.attachments.push(AttachmentInfo {
-            guid: "a".into(),
-            sha256: Some("ab".repeat(32)),
-            ..Default::default()
-        });
+        let r = with_attachments(
+            1,
+            "c",
+            "2024-03-09T10:00:00Z",
+            vec![AttachmentInfo {
+                guid: "a".into(),
+                sha256: Some("ab".repeat(32)),
+                ..Default::default()
+            }],
+        );
         assert!(matches!(j.append(&[r], &NoFiles), Err(SinkError::Permanent(_))));
         assert_eq!(j.last_seq().unwrap(), 0, "nothing acknowledged");
     }

@@ -122,12 +122,13 @@ impl WebhookSink {
     }
 
     async fn post(&self, record: &SpooledRecord) -> Result<(), SinkError> {
-        let id = &record.record.idempotency_key;
+        let parsed = record.record()?;
+        let id = &parsed.idempotency_key;
         let timestamp = jiff::Timestamp::now().as_second();
         let body = record.json.as_bytes();
-        let device = match &record.record.device.namespace {
-            Some(ns) => format!("{ns}/{}", record.record.device.name),
-            None => record.record.device.name.clone(),
+        let device = match &parsed.device.namespace {
+            Some(ns) => format!("{ns}/{}", parsed.device.name),
+            None => parsed.device.name.clone(),
         };
         let response = self
             .client
@@ -138,7 +139,7 @@ impl WebhookSink {
             .header("webhook-signature", sign(&self.key, id, timestamp, body))
             .header("Idempotency-Key", id)
             .header("X-Capturefleet-Seq", record.seq.to_string())
-            .header("X-Capturefleet-Record-Sha256", &record.record.hash)
+            .header("X-Capturefleet-Record-Sha256", &record.meta.hash)
             .header("X-Capturefleet-Device", device)
             .body(record.json.clone())
             .send()

@@ -12,7 +12,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use capturefleet::api::record::*;
-use capturefleet::sinks::{AttachmentStore, SpooledRecord};
+use capturefleet::sinks::{Attachment, AttachmentStore, SpooledRecord};
 
 /// A required environment variable written by `tests/sinks/up`; panics with instructions.
 pub fn env(name: &str) -> String {
@@ -47,14 +47,19 @@ impl DirAttachments {
         hash
     }
 
+    /// Where the file with this hash is (the device's copy, for drafts).
+    pub fn path(&self, hash: &str) -> PathBuf {
+        self.by_hash[hash].clone()
+    }
+
     pub fn bytes(&self, hash: &str) -> Vec<u8> {
         std::fs::read(&self.by_hash[hash]).unwrap()
     }
 }
 
 impl AttachmentStore for DirAttachments {
-    fn path_of(&self, sha256: &str) -> Option<PathBuf> {
-        self.by_hash.get(sha256).cloned()
+    fn get(&self, sha256: &str) -> Option<Attachment> {
+        Attachment::whole_file(self.by_hash.get(sha256)?).ok()
     }
 }
 
@@ -228,7 +233,7 @@ pub fn records(device: &str, n: u64, attachments: &mut DirAttachments) -> Vec<Sp
         rec.seal(seq, &prev);
         prev = rec.hash.clone();
         let json = rec.to_canonical_json();
-        out.push(SpooledRecord { seq, record: rec, json });
+        out.push(SpooledRecord::from_record(seq, rec, json));
     }
     out
 }

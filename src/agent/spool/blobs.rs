@@ -1,24 +1,20 @@
-//! Content-addressed attachment files in the spool: `<spool>/blobs/<aa>/<sha256>`.
-//!
-//! A file is copied into a temporary name while its SHA-256 is computed, fsync'd, renamed into
-//! place and its directory fsync'd, all before the record naming it is committed. A crash in
-//! between leaves at most an orphan (a temporary file, or a blob no record names), never a
-//! record whose file is missing.
+//! Capturing attachment files into the log: each file becomes a blob frame holding its
+//! content, checked against the SHA-256 the reader announced. Small files go through the
+//! batch's frame buffer; large ones stream straight into the segment file, so no file is ever
+//! held in memory whole beyond [`IN_MEMORY_MAX`].
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::sinks::AttachmentStore;
-pub use crate::sinks::parallel::{PARALLEL_FSYNCS, parallel_map};
+use super::frame::{self, BlobCrc};
 
-/// The spool's attachment directory.
-#[derive(Clone, Debug)]
-pub struct BlobStore {
-    root: PathBuf,
-}
+/// Files up to this size are read whole (one read, one hash) into the batch's frames.
+pub const IN_MEMORY_MAX: u64 = 1 << 20;
+const STREAM_CHUNK: usize = 256 << 10;
 
 /// Why a file could not be captured.
 #[derive(Debug, thiserror::Error)]
@@ -42,168 +38,156 @@ pub enum BlobError {
         /// What the bytes hash to.
         actual: String,
     },
+    /// The file is larger than a spool frame can hold.
+    #[error("attachment file of {0} bytes is larger than the spool can hold in one frame")]
+    TooLarge(u64),
 }
 
-/// Whether `s` is a lowercase hex SHA-256.
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+fn mismatch(expected: &[u8; 32], actual: &[u8; 32]) -> BlobError {
+    BlobError::HashMismatch {
+        expected: frame::to_hex(expected),
+        actual: frame::to_hex(actual),
+    }
 }
 
-impl BlobStore {
-    /// The store under `spool_dir/blobs`.
-    pub fn new(spool_dir: &Path) -> Self {
-        BlobStore {
-            root: spool_dir.join("blobs"),
-        }
+/// Read `source` whole into `content` (reused) and append its blob frame to `frames`, if its
+/// content hashes to `sha256`. Returns its size.
+pub fn capture_small(
+    source: &mut File,
+    sha256: &[u8; 32],
+    content: &mut Vec<u8>,
+    frames: &mut Vec<u8>,
+) -> Result<u64, BlobError> {
+    content.clear();
+    source.read_to_end(content).map_err(BlobError::Source)?;
+    let actual: [u8; 32] = Sha256::digest(&content[..]).into();
+    if actual != *sha256 {
+        return Err(mismatch(sha256, &actual));
     }
+    frame::encode_blob(frames, sha256, content);
+    Ok(content.len() as u64)
+}
 
-    /// Where the blob with this hash lives (whether or not it exists).
-    pub fn path_for(&self, sha256: &str) -> PathBuf {
-        self.root.join(&sha256[..2]).join(sha256)
+/// Stream `source` (of `len` bytes) as a blob frame into `out` at `offset`, hashing as it
+/// goes. Returns the frame's length. On any failure the caller truncates `out` back to
+/// `offset` (nothing of the frame counts).
+pub fn capture_large(
+    source: &mut File,
+    len: u64,
+    sha256: &[u8; 32],
+    out: &File,
+    out_path: &Path,
+    offset: u64,
+) -> Result<u64, BlobError> {
+    if len + 32 > frame::MAX_PAYLOAD {
+        return Err(BlobError::TooLarge(len));
     }
-
-    /// Copy `source` into the store, checking it hashes to `sha256`. Returns the blob's size
-    /// and the directory that must be fsync'd before the naming record commits (None when the
-    /// blob was already there).
-    pub fn put(&self, sha256: &str, source: &Path) -> Result<(u64, Option<PathBuf>), BlobError> {
-        if !is_sha256_hex(sha256) {
-            return Err(BlobError::HashMismatch {
-                expected: sha256.to_owned(),
-                actual: "(not a lowercase hex SHA-256)".to_owned(),
-            });
-        }
-        let dest = self.path_for(sha256);
-        if let Ok(meta) = fs::metadata(&dest) {
-            return Ok((meta.len(), None));
-        }
-        let dir = dest.parent().expect("blob path has a parent").to_path_buf();
-        let spool_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BlobError::Spool { path, source }
+    let spool_err = |source| BlobError::Spool {
+        path: out_path.to_path_buf(),
+        source,
+    };
+    let header = frame::blob_header(sha256, len);
+    out.write_all_at(&header, offset).map_err(spool_err)?;
+    let mut crc = BlobCrc::new(&header);
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; STREAM_CHUNK];
+    let mut at = offset + header.len() as u64;
+    let mut copied = 0u64;
+    while copied < len {
+        let want = ((len - copied) as usize).min(chunk.len());
+        let n = match source.read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BlobError::Source(e)),
         };
-        let created_dir = !dir.exists();
-        fs::create_dir_all(&dir).map_err(spool_err(&dir))?;
-        if created_dir {
-            sync_dir(&self.root).map_err(spool_err(&self.root))?;
-        }
-        let tmp = dir.join(format!(".{sha256}.{:016x}.tmp", rand::random::<u64>()));
-        let mut input = File::open(source).map_err(BlobError::Source)?;
-        let mut output = File::create(&tmp).map_err(spool_err(&tmp))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(BlobError::Source(e));
-                }
-            };
-            hasher.update(&buf[..n]);
-            output.write_all(&buf[..n]).map_err(spool_err(&tmp))?;
-            size += n as u64;
-        }
-        let actual = hex::encode(hasher.finalize());
-        if actual != sha256 {
-            let _ = fs::remove_file(&tmp);
-            return Err(BlobError::HashMismatch {
-                expected: sha256.to_owned(),
-                actual,
-            });
-        }
-        output.sync_all().map_err(spool_err(&tmp))?;
-        drop(output);
-        fs::rename(&tmp, &dest).map_err(spool_err(&dest))?;
-        Ok((size, Some(dir)))
+        hasher.update(&chunk[..n]);
+        crc.update(&chunk[..n]);
+        out.write_all_at(&chunk[..n], at).map_err(spool_err)?;
+        at += n as u64;
+        copied += n as u64;
     }
-
-    /// [`BlobStore::put`] for many files at once. Each file still gets its own fsync, but they
-    /// run on up to [`PARALLEL_FSYNCS`] threads so the filesystem can commit them together
-    /// (one journal commit instead of one per file): attachment-heavy backfills are bound by
-    /// fsync latency, not CPU.
-    pub fn put_all(&self, files: &[(String, PathBuf)]) -> Vec<Result<(u64, Option<PathBuf>), BlobError>> {
-        parallel_map(files, |(sha256, path)| self.put(sha256, path))
+    let mut probe = [0u8; 1];
+    let grew = matches!(source.read(&mut probe), Ok(n) if n > 0);
+    let actual: [u8; 32] = hasher.finalize().into();
+    if copied != len || grew || actual != *sha256 {
+        // The file changed while it was copied (or is not what the reader hashed).
+        return Err(mismatch(sha256, &actual));
     }
-
-    /// Remove a blob (compaction). Missing files are fine.
-    pub fn remove(&self, sha256: &str) -> io::Result<()> {
-        if !is_sha256_hex(sha256) {
-            return Ok(());
-        }
-        match fs::remove_file(self.path_for(sha256)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Remove temporary files a crash left behind.
-    pub fn remove_temporaries(&self) {
-        let Ok(dirs) = fs::read_dir(&self.root) else { return };
-        for dir in dirs.flatten() {
-            let Ok(files) = fs::read_dir(dir.path()) else { continue };
-            for file in files.flatten() {
-                if file.file_name().to_string_lossy().ends_with(".tmp") {
-                    let _ = fs::remove_file(file.path());
-                }
-            }
-        }
-    }
-}
-
-impl AttachmentStore for BlobStore {
-    fn path_of(&self, sha256: &str) -> Option<PathBuf> {
-        if !is_sha256_hex(sha256) {
-            return None;
-        }
-        let path = self.path_for(sha256);
-        path.is_file().then_some(path)
-    }
-}
-
-/// fsync a directory, so that a rename or create inside it is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    out.write_all_at(&crc.finish(), at).map_err(spool_err)?;
+    Ok(at + 4 - offset)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::spool::frame::{Frame, decode};
 
-    fn sha(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
+    fn sha(bytes: &[u8]) -> [u8; 32] {
+        Sha256::digest(bytes).into()
     }
 
     #[test]
-    fn put_copies_verifies_and_is_idempotent() {
+    fn small_and_streamed_captures_give_the_same_frame() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = BlobStore::new(tmp.path());
         let src = tmp.path().join("photo.jpg");
-        fs::write(&src, b"jpeg bytes").unwrap();
-        let hash = sha(b"jpeg bytes");
-        let (size, dir) = store.put(&hash, &src).unwrap();
-        assert_eq!(size, 10);
-        assert!(dir.is_some());
-        assert_eq!(fs::read(store.path_of(&hash).unwrap()).unwrap(), b"jpeg bytes");
-        let (_, dir) = store.put(&hash, &src).unwrap();
-        assert!(dir.is_none(), "second put finds the blob");
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&src, &content).unwrap();
+        let mut frames = Vec::new();
+        let mut buf = Vec::new();
+        let n = capture_small(&mut File::open(&src).unwrap(), &sha(&content), &mut buf, &mut frames).unwrap();
+        assert_eq!(n, content.len() as u64);
+
+        let out_path = tmp.path().join("seg");
+        let out = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&out_path)
+            .unwrap();
+        let len = capture_large(
+            &mut File::open(&src).unwrap(),
+            content.len() as u64,
+            &sha(&content),
+            &out,
+            &out_path,
+            7,
+        )
+        .unwrap();
+        let mut streamed = vec![0u8; len as usize];
+        out.read_exact_at(&mut streamed, 7).unwrap();
+        assert_eq!(streamed, frames);
+        assert!(matches!(decode(&streamed).unwrap().0, Frame::Blob { len: 300_000, .. }));
     }
 
     #[test]
-    fn put_refuses_content_with_another_hash() {
+    fn content_that_is_not_what_was_announced_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = BlobStore::new(tmp.path());
         let src = tmp.path().join("f");
-        fs::write(&src, b"changed").unwrap();
-        let err = store.put(&sha(b"original"), &src).unwrap_err();
+        std::fs::write(&src, b"changed").unwrap();
+        let mut frames = Vec::new();
+        let err = capture_small(
+            &mut File::open(&src).unwrap(),
+            &sha(b"original"),
+            &mut Vec::new(),
+            &mut frames,
+        )
+        .unwrap_err();
         assert!(matches!(err, BlobError::HashMismatch { .. }), "{err}");
-        assert!(store.path_of(&sha(b"original")).is_none());
-        assert!(matches!(
-            store.put(&sha(b"x"), &tmp.path().join("absent")),
-            Err(BlobError::Source(_))
-        ));
-        assert!(store.path_of("../../etc/passwd").is_none());
+        assert!(frames.is_empty());
+        let out_path = tmp.path().join("seg");
+        let out = File::create(&out_path).unwrap();
+        // Announced longer than it is: the file shrank after it was hashed.
+        let err = capture_large(
+            &mut File::open(&src).unwrap(),
+            100,
+            &sha(b"changed"),
+            &out,
+            &out_path,
+            0,
+        )
+        .unwrap_err();
+        assert!(matches!(err, BlobError::HashMismatch { .. }), "{err}");
     }
 }

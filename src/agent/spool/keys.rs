@@ -1,343 +1,414 @@
-//! The spool's idempotency-key index, in two levels so that a backfill does not rewrite a
-//! random B-tree page per record:
+//! The spool's idempotency-key index: every key ever chained, exactly, so that a re-read
+//! (rescan window, restart, a replaced chat.db) never chains an event twice.
 //!
-//! - `keys_recent(seq, key)`: the keys chained since the last flush, appended in sequence
-//!   order (a rowid table, so each commit touches only its last pages), with an in-memory map
-//!   from a 64-bit hash of the key to its `seq`. A hit in the map is confirmed against the
-//!   stored key, so the answer is exact; two recent keys with one hash are kept by name.
-//! - `keys(key, seq)`: every older key, sorted by key. Every [`KeyIndex::flush_every`]
-//!   keys the recent ones are merged into it in key order, inside the transaction that
-//!   chained the last of them, so each leaf page is written once per merge instead of once
-//!   per commit.
+//! Two levels:
+//! - **recent**: the keys chained since the last flush, in memory (an arena of key bytes and
+//!   a hash table chaining entries with equal hashes). They are durable through the log: on
+//!   open the spool replays the records after its checkpoint and adds their keys again.
+//! - **runs** (`keyrun.rs`): every [`KeyIndex::flush_every`] keys the recent ones are sorted
+//!   and written as an immutable run file; runs of similar size are merged, [`FAN_IN`] at a
+//!   time, so their number stays logarithmic. One Bloom filter over all runs answers
+//!   "certainly not chained" without reading them; a "maybe" reads one block of each run
+//!   (newest first) and compares the stored key itself.
 //!
-//! A Bloom filter over the sorted table (built when the spool opens: a drain-only start of a
-//! spool holding 1.12 million keys took 0.2–0.3 s in all) answers most "not chained"
-//! questions without reading it.
-//!
-//! A key is chained exactly when it is in one of the two tables; both are durable with the
-//! records in the same transaction.
+//! A batch's keys are staged into the recent level as the batch is sealed; if the batch is
+//! not committed, [`KeyIndex::rollback`] removes exactly them again.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
-
-use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
 
 use super::bloom::Bloom;
+use super::keyrun::{self, Entry, Run, key_hash};
 
-/// Recent keys merged into the sorted table at once (the in-memory map holds at most this
-/// many entries, ~2 MB).
-pub const FLUSH_EVERY: usize = 65_536;
+/// Recent keys flushed into a run at once (~2.5 MB of memory at the most).
+pub const FLUSH_EVERY: usize = 32_768;
+/// Runs of one size class merged at once.
+pub const FAN_IN: usize = 8;
+const NONE: u32 = u32::MAX;
 
-/// Keys a merge sorts at a time.
-const MERGE_SLICE: usize = 32_768;
+/// The hash table's keys are already hashes: use them as they are.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type HashIndex = HashMap<u64, u32, BuildHasherDefault<Identity>>;
+
+/// One recent key.
+#[derive(Clone, Copy)]
+struct Recent {
+    hash: u64,
+    seq: u64,
+    at: u32,
+    len: u32,
+    /// The next older recent key with the same hash (or NONE).
+    next: u32,
+}
 
 /// The key index (see the module docs).
 pub struct KeyIndex {
-    recent: HashMap<u64, u64>,
-    collided: HashSet<String>,
-    hasher: RandomState,
+    dir: PathBuf,
+    arena: Vec<u8>,
+    recent: Vec<Recent>,
+    by_hash: HashIndex,
+    runs: Vec<Run>,
+    bloom: Bloom,
     flush_every: usize,
-    /// Keys a merge sorts at a time (smaller than `flush_every`, so tests cross slices).
-    merge_slice: usize,
-    /// Over the keys of the sorted table (None: could not be built, every lookup reads).
-    sorted: Option<Bloom>,
 }
 
-/// Keys chained by a transaction that has not committed yet.
-#[derive(Default)]
-pub struct Staged {
-    by_hash: HashMap<u64, Vec<(u64, String)>>,
-    count: usize,
-    flushed: bool,
-}
+/// A position in the recent level to roll back to.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark(usize);
 
 impl KeyIndex {
-    /// Load the recent level from `conn`.
-    pub fn load(conn: &Connection, flush_every: usize) -> rusqlite::Result<KeyIndex> {
+    /// Open the runs named by the checkpoint (in `dir`) and build the filter over them.
+    pub fn open(dir: &Path, run_names: &[String], flush_every: usize) -> io::Result<KeyIndex> {
+        let runs = run_names
+            .iter()
+            .map(|name| Run::open(&dir.join(name)))
+            .collect::<io::Result<Vec<_>>>()?;
         let mut index = KeyIndex {
-            recent: HashMap::new(),
-            collided: HashSet::new(),
-            hasher: RandomState::new(),
+            dir: dir.to_path_buf(),
+            arena: Vec::new(),
+            recent: Vec::new(),
+            by_hash: HashIndex::default(),
+            runs,
+            bloom: Bloom::with_capacity(0),
             flush_every: flush_every.max(1),
-            merge_slice: MERGE_SLICE.min(flush_every.div_ceil(3)).max(1),
-            sorted: None,
         };
-        index.sorted = Some(index.build_filter(conn)?);
-        let mut stmt = conn.prepare("SELECT seq, key FROM keys_recent ORDER BY seq")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let (seq, key): (i64, String) = (row.get(0)?, row.get(1)?);
-            let hash = index.hash(&key);
-            index.remember(hash, key, seq as u64);
-        }
+        index.rebuild_filter()?;
         Ok(index)
     }
 
+    /// The file names of the runs (for the checkpoint), oldest first.
+    pub fn run_names(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter_map(|r| r.path().file_name()?.to_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Flush after this many recent keys from now on.
+    #[cfg(test)]
+    pub fn set_flush_every(&mut self, n: usize) {
+        self.flush_every = n.max(1);
+    }
+
+    /// Bytes of disk the runs use.
+    pub fn disk_bytes(&self) -> u64 {
+        self.runs.iter().map(Run::file_bytes).sum()
+    }
+
     /// Keys in the recent level.
+    #[cfg(test)]
     pub fn recent_len(&self) -> usize {
-        self.recent.len() + self.collided.len()
+        self.recent.len()
     }
 
-    /// A filter over the sorted table, with room for it to double (and a merge more).
-    fn build_filter(&self, conn: &Connection) -> rusqlite::Result<Bloom> {
-        let count: i64 = conn.query_row("SELECT count(*) FROM keys", [], |r| r.get(0))?;
-        let mut bloom = Bloom::with_capacity(2 * count as usize + self.flush_every);
-        let mut stmt = conn.prepare("SELECT key FROM keys")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            bloom.insert(self.hash(row.get_ref(0)?.as_str()?));
-        }
-        Ok(bloom)
+    /// Whether the recent level is due to be flushed into a run.
+    pub fn is_full(&self) -> bool {
+        self.recent.len() >= self.flush_every
     }
 
-    fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
+    /// Bytes of memory the index holds (filter, recent keys, run indexes).
+    pub fn memory_bytes(&self) -> usize {
+        self.bloom.bytes()
+            + self.arena.capacity()
+            + self.recent.capacity() * std::mem::size_of::<Recent>()
+            + self.by_hash.capacity() * 12
+            + self.runs.iter().map(Run::index_bytes).sum::<usize>()
     }
 
-    fn remember(&mut self, hash: u64, key: String, seq: u64) {
-        match self.recent.entry(hash) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.collided.insert(key);
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(seq);
+    fn rebuild_filter(&mut self) -> io::Result<()> {
+        let count: u64 = self.runs.iter().map(Run::count).sum();
+        let mut bloom = Bloom::with_capacity((count as usize * 3 / 2).max(4 * self.flush_every));
+        for run in &self.runs {
+            for entry in run.entries() {
+                bloom.insert(entry?.hash);
             }
         }
-    }
-
-    /// Whether `key` is chained (committed).
-    pub fn contains(&self, conn: &Connection, key: &str) -> rusqlite::Result<bool> {
-        self.contains_hashed(conn, key, self.hash(key))
-    }
-
-    /// [`KeyIndex::contains`] with the key's hash already computed.
-    fn contains_hashed(&self, conn: &Connection, key: &str, hash: u64) -> rusqlite::Result<bool> {
-        if self.collided.contains(key) {
-            return Ok(true);
-        }
-        if let Some(seq) = self.recent.get(&hash) {
-            let stored: Option<String> = conn
-                .prepare_cached("SELECT key FROM keys_recent WHERE seq = ?1")?
-                .query_row([*seq as i64], |r| r.get(0))
-                .optional()?;
-            if stored.as_deref() == Some(key) {
-                return Ok(true);
-            }
-        }
-        if let Some(bloom) = &self.sorted
-            && !bloom.may_contain(hash)
-        {
-            return Ok(false);
-        }
-        conn.prepare_cached("SELECT 1 FROM keys WHERE key = ?1")?.exists([key])
-    }
-
-    /// Inside the transaction `tx`: chain `key` at `seq` unless it is chained already or
-    /// staged earlier in the same transaction (then false).
-    pub fn stage(&self, tx: &Connection, staged: &mut Staged, key: &str, seq: u64) -> rusqlite::Result<bool> {
-        let hash = self.hash(key);
-        if staged
-            .by_hash
-            .get(&hash)
-            .is_some_and(|keys| keys.iter().any(|(_, k)| k == key))
-            || self.contains_hashed(tx, key, hash)?
-        {
-            return Ok(false);
-        }
-        tx.prepare_cached("INSERT INTO keys_recent(seq, key) VALUES (?1, ?2)")?
-            .execute(params![seq as i64, key])?;
-        staged.by_hash.entry(hash).or_default().push((seq, key.to_owned()));
-        staged.count += 1;
-        Ok(true)
-    }
-
-    /// Inside the same transaction, after the last [`KeyIndex::stage`]: merge the recent
-    /// level into the sorted table once it holds `flush_every` keys.
-    pub fn flush_if_full(&self, tx: &Connection, staged: &mut Staged) -> rusqlite::Result<()> {
-        if self.recent_len() + staged.count < self.flush_every {
-            return Ok(());
-        }
-        // In key order, a slice at a time: SQLite keeps only the smallest MERGE_SLICE keys
-        // after the last one merged while it scans (ORDER BY with LIMIT), so a merge needs
-        // a few megabytes however many keys it moves.
-        let mut next =
-            tx.prepare_cached("SELECT key, seq FROM keys_recent WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2")?;
-        let mut insert = tx.prepare_cached("INSERT INTO keys(key, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
-        let (mut last, mut merged): (Option<String>, usize) = (None, 0);
-        loop {
-            let mut rows = next.query(params![last, self.merge_slice as i64])?;
-            let mut in_slice = 0;
-            while let Some(row) = rows.next()? {
-                let key = row.get_ref(0)?.as_str()?;
-                insert.execute(params![key, row.get::<_, i64>(1)?])?;
-                in_slice += 1;
-                if in_slice == self.merge_slice {
-                    last = Some(key.to_owned());
-                }
-            }
-            merged += in_slice;
-            if in_slice < self.merge_slice {
-                break;
-            }
-        }
-        tx.execute("DELETE FROM keys_recent", [])?;
-        tracing::debug!(keys = merged, "spool key index merged");
-        staged.flushed = true;
+        self.bloom = bloom;
         Ok(())
     }
 
-    /// After the transaction committed: the staged keys are chained (`conn` rebuilds the
-    /// filter when a merge filled it).
-    pub fn commit(&mut self, conn: &Connection, staged: Staged) {
-        if !staged.flushed {
-            for (hash, keys) in staged.by_hash {
-                for (seq, key) in keys {
-                    self.remember(hash, key, seq);
-                }
-            }
-            return;
-        }
-        if let Some(bloom) = &mut self.sorted {
-            let collided = self.collided.iter().map(|key| self.hasher.hash_one(key.as_str()));
-            let staged = staged
-                .by_hash
-                .into_iter()
-                .flat_map(|(hash, keys)| keys.into_iter().map(move |_| hash));
-            for hash in self.recent.keys().copied().chain(collided).chain(staged) {
-                bloom.insert(hash);
-            }
-            tracing::debug!(filter_keys = bloom.len(), "spool key filter updated");
-            if bloom.is_overfull() {
-                self.sorted = match self.build_filter(conn) {
-                    Ok(bloom) => Some(bloom),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot rebuild the key filter; key lookups read the spool");
-                        None
-                    }
-                };
-            }
-        }
-        self.recent.clear();
-        self.collided.clear();
+    fn recent_key(&self, r: &Recent) -> &[u8] {
+        &self.arena[r.at as usize..(r.at + r.len) as usize]
     }
+
+    /// The sequence number that chained `key`, if any.
+    pub fn find(&self, key: &str) -> io::Result<Option<u64>> {
+        let hash = key_hash(key.as_bytes());
+        let mut i = self.by_hash.get(&hash).copied().unwrap_or(NONE);
+        while i != NONE {
+            let r = &self.recent[i as usize];
+            if self.recent_key(r) == key.as_bytes() {
+                return Ok(Some(r.seq));
+            }
+            i = r.next;
+        }
+        if !self.bloom.may_contain(hash) {
+            return Ok(None);
+        }
+        for run in self.runs.iter().rev() {
+            if let Some(seq) = run.find(hash, key.as_bytes())? {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where the recent level is now (to roll back to).
+    pub fn mark(&self) -> Mark {
+        Mark(self.recent.len())
+    }
+
+    /// Chain `key` at `seq` unless it is chained (or staged) already: then false.
+    pub fn stage(&mut self, key: &str, seq: u64) -> io::Result<bool> {
+        if self.find(key)?.is_some() {
+            return Ok(false);
+        }
+        self.insert(key_hash(key.as_bytes()), key.as_bytes(), seq);
+        Ok(true)
+    }
+
+    /// Add a key known not to be in the index (replaying the log on open).
+    pub fn insert(&mut self, hash: u64, key: &[u8], seq: u64) {
+        let index = self.recent.len() as u32;
+        let next = self.by_hash.insert(hash, index).unwrap_or(NONE);
+        self.recent.push(Recent {
+            hash,
+            seq,
+            at: self.arena.len() as u32,
+            len: key.len() as u32,
+            next,
+        });
+        self.arena.extend_from_slice(key);
+    }
+
+    /// Forget the keys staged after `mark` (a batch that was not committed).
+    pub fn rollback(&mut self, mark: Mark) {
+        while self.recent.len() > mark.0 {
+            let r = self.recent.pop().expect("above the mark");
+            if r.next == NONE {
+                self.by_hash.remove(&r.hash);
+            } else {
+                self.by_hash.insert(r.hash, r.next);
+            }
+            self.arena.truncate(r.at as usize);
+        }
+    }
+
+    /// Write the recent keys as a new run (named after the sequence numbers it covers) and
+    /// empty the recent level. The caller then records the new run list in a checkpoint; until
+    /// it does, the run is not part of the spool (a crash leaves it to be removed at open).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.recent.is_empty() {
+            return Ok(());
+        }
+        let mut entries: Vec<Entry> = self
+            .recent
+            .iter()
+            .map(|r| Entry {
+                hash: r.hash,
+                seq: r.seq,
+                key: self.recent_key(r).to_vec(),
+            })
+            .collect();
+        entries.sort_unstable();
+        let (first, last) = (entries.iter().map(|e| e.seq).min(), entries.iter().map(|e| e.seq).max());
+        let name = run_name(first.unwrap_or(0), last.unwrap_or(0));
+        let run = keyrun::write(&self.dir.join(&name), entries)?;
+        for r in &self.recent {
+            self.bloom.insert(r.hash);
+        }
+        self.runs.push(run);
+        self.arena = Vec::new();
+        self.recent = Vec::new();
+        self.by_hash = HashIndex::default();
+        if self.bloom.is_overfull() {
+            self.rebuild_filter()?;
+        }
+        Ok(())
+    }
+
+    /// Merge the newest [`FAN_IN`] runs when they are of one size class (each no larger than
+    /// twice the smallest). Returns the replaced runs, which the caller removes with
+    /// [`KeyIndex::remove_runs`] once a checkpoint no longer names them.
+    pub fn merge_if_due(&mut self) -> io::Result<Vec<Run>> {
+        if self.runs.len() < FAN_IN {
+            return Ok(Vec::new());
+        }
+        let tail = &self.runs[self.runs.len() - FAN_IN..];
+        let smallest = tail.iter().map(Run::count).min().unwrap_or(0);
+        if tail
+            .iter()
+            .any(|r| r.count() > smallest.saturating_mul(2).max(self.flush_every as u64))
+        {
+            return Ok(Vec::new());
+        }
+        let sources: Vec<&Run> = tail.iter().collect();
+        let name = {
+            let bounds = |n: &str| -> Option<(u64, u64)> {
+                let (a, b) = n.strip_suffix(".run")?.split_once('-')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            };
+            let spans: Vec<(u64, u64)> = self
+                .run_names()
+                .iter()
+                .rev()
+                .take(FAN_IN)
+                .filter_map(|n| bounds(n))
+                .collect();
+            run_name(
+                spans.iter().map(|s| s.0).min().unwrap_or(0),
+                spans.iter().map(|s| s.1).max().unwrap_or(0),
+            )
+        };
+        let mut failed = None;
+        let merged = keyrun::write(
+            &self.dir.join(&name),
+            keyrun::merge(&sources).map_while(|e| match e {
+                Ok(entry) => Some(entry),
+                Err(error) => {
+                    failed = Some(error);
+                    None
+                }
+            }),
+        )?;
+        if let Some(error) = failed {
+            let _ = merged.remove();
+            return Err(error);
+        }
+        let replaced = self.runs.split_off(self.runs.len() - FAN_IN);
+        self.runs.push(merged);
+        tracing::debug!(keys = self.runs.last().map(Run::count), "spool key runs merged");
+        Ok(replaced)
+    }
+
+    /// Remove replaced runs' files (after a checkpoint stopped naming them).
+    pub fn remove_runs(replaced: Vec<Run>) {
+        for run in replaced {
+            let path = run.path().to_path_buf();
+            if let Err(error) = run.remove() {
+                tracing::warn!(%error, run = %path.display(), "cannot remove a merged key run");
+            }
+        }
+    }
+}
+
+/// The file name of a run covering sequence numbers `first..=last`.
+pub fn run_name(first: u64, last: u64) -> String {
+    format!("{first:020}-{last:020}.run")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::spool::schema;
 
-    fn db() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        schema::create(&conn).unwrap();
-        conn
-    }
-
-    fn chain(index: &mut KeyIndex, conn: &mut Connection, keys: &[&str], first_seq: u64) -> Vec<bool> {
-        let tx = conn.transaction().unwrap();
-        let mut staged = Staged::default();
-        let added = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| index.stage(&tx, &mut staged, k, first_seq + i as u64).unwrap())
-            .collect();
-        index.flush_if_full(&tx, &mut staged).unwrap();
-        tx.commit().unwrap();
-        index.commit(conn, staged);
-        added
-    }
-
-    fn count(conn: &Connection, table: &str) -> i64 {
-        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
+    fn index(dir: &Path, every: usize) -> KeyIndex {
+        KeyIndex::open(dir, &[], every).unwrap()
     }
 
     #[test]
-    fn keys_are_found_before_and_after_a_merge_and_after_reload() {
-        let mut conn = db();
-        let mut index = KeyIndex::load(&conn, 4).unwrap();
+    fn staged_keys_are_found_and_duplicates_refused_before_and_after_a_flush() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut keys = index(tmp.path(), 4);
+        assert!(keys.stage("d/b/0", 1).unwrap());
+        assert!(keys.stage("d/a/0", 2).unwrap());
+        assert!(!keys.stage("d/b/0", 3).unwrap());
+        assert_eq!(keys.find("d/a/0").unwrap(), Some(2));
+        keys.flush().unwrap();
+        assert_eq!(keys.recent_len(), 0);
+        assert_eq!(keys.find("d/a/0").unwrap(), Some(2), "found in the run");
+        assert!(!keys.stage("d/a/0", 4).unwrap());
+        assert!(keys.stage("d/c/0", 4).unwrap());
+        let names = keys.run_names();
+        assert_eq!(names, [run_name(1, 2)]);
+
+        let reopened = KeyIndex::open(tmp.path(), &names, 4).unwrap();
+        assert_eq!(reopened.find("d/b/0").unwrap(), Some(1));
         assert_eq!(
-            chain(&mut index, &mut conn, &["d/b/0", "d/a/0", "d/b/0"], 1),
-            [true, true, false]
+            reopened.find("d/c/0").unwrap(),
+            None,
+            "recent keys come back from the log, not here"
         );
-        assert_eq!((count(&conn, "keys_recent"), count(&conn, "keys")), (2, 0));
-        assert!(index.contains(&conn, "d/a/0").unwrap());
-        assert!(!index.contains(&conn, "d/c/0").unwrap());
-
-        // The fourth key reaches flush_every: everything moves to the sorted table.
-        assert_eq!(
-            chain(&mut index, &mut conn, &["d/c/0", "d/a/0", "d/z/0"], 3),
-            [true, false, true]
-        );
-        assert_eq!((count(&conn, "keys_recent"), count(&conn, "keys")), (0, 4));
-        assert_eq!(index.recent_len(), 0);
-        for key in ["d/a/0", "d/b/0", "d/c/0", "d/z/0"] {
-            assert!(index.contains(&conn, key).unwrap(), "{key}");
-        }
-        assert_eq!(chain(&mut index, &mut conn, &["d/b/0", "d/y/0"], 5), [false, true]);
-
-        let reloaded = KeyIndex::load(&conn, 4).unwrap();
-        assert_eq!(reloaded.recent_len(), 1);
-        assert!(reloaded.contains(&conn, "d/y/0").unwrap());
-        assert!(reloaded.contains(&conn, "d/z/0").unwrap());
-        assert!(!reloaded.contains(&conn, "d/x/0").unwrap());
     }
 
     #[test]
-    fn the_filter_is_rebuilt_larger_when_merges_fill_it() {
-        let mut conn = db();
-        let mut index = KeyIndex::load(&conn, 100).unwrap();
-        let keys: Vec<String> = (0..1500).map(|i| format!("d/G{i}/0")).collect();
-        for (n, chunk) in keys.chunks(50).enumerate() {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            assert!(
-                chain(&mut index, &mut conn, &refs, 1 + 50 * n as u64)
-                    .iter()
-                    .all(|added| *added)
-            );
-        }
-        let bloom = index.sorted.as_ref().expect("filter rebuilt, not dropped");
-        assert!(
-            !bloom.is_overfull() && bloom.len() == 1500,
-            "{} keys in the filter",
-            bloom.len()
-        );
-        assert!(keys.iter().all(|k| index.contains(&conn, k).unwrap()));
-        assert!(!index.contains(&conn, "d/G1500/0").unwrap());
+    fn a_rollback_forgets_exactly_the_staged_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut keys = index(tmp.path(), 100);
+        assert!(keys.stage("d/a/0", 1).unwrap());
+        let mark = keys.mark();
+        assert!(keys.stage("d/b/0", 2).unwrap());
+        assert!(keys.stage("d/c/0", 3).unwrap());
+        keys.rollback(mark);
+        assert_eq!(keys.find("d/a/0").unwrap(), Some(1));
+        assert_eq!(keys.find("d/b/0").unwrap(), None);
+        assert!(keys.stage("d/b/0", 2).unwrap());
+        assert_eq!(keys.find("d/b/0").unwrap(), Some(2));
     }
 
     #[test]
-    fn a_rolled_back_transaction_chains_nothing() {
-        let mut conn = db();
-        let index = KeyIndex::load(&conn, 100).unwrap();
-        {
-            let tx = conn.transaction().unwrap();
-            let mut staged = Staged::default();
-            assert!(index.stage(&tx, &mut staged, "d/a/0", 1).unwrap());
-            // Dropped without commit (and without KeyIndex::commit).
-        }
-        assert!(!index.contains(&conn, "d/a/0").unwrap());
-        assert_eq!(count(&conn, "keys_recent"), 0);
+    fn recent_keys_with_one_hash_are_chained_and_rolled_back_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut keys = index(tmp.path(), 100);
+        // Force what the hash would do only by chance: three keys under one hash.
+        keys.insert(5, b"k1", 1);
+        let mark = keys.mark();
+        keys.insert(5, b"k2", 2);
+        keys.insert(5, b"k3", 3);
+        let chain: Vec<u64> = {
+            let mut out = Vec::new();
+            let mut i = keys.by_hash[&5];
+            while i != NONE {
+                out.push(keys.recent[i as usize].seq);
+                i = keys.recent[i as usize].next;
+            }
+            out
+        };
+        assert_eq!(chain, [3, 2, 1]);
+        keys.rollback(mark);
+        assert_eq!(keys.by_hash[&5], 0);
+        assert_eq!(keys.recent.len(), 1);
     }
 
     #[test]
-    fn two_recent_keys_with_one_hash_are_both_found() {
-        let mut conn = db();
-        let mut index = KeyIndex::load(&conn, 100).unwrap();
-        chain(&mut index, &mut conn, &["d/a/0"], 1);
-        // Force the collision the hash would make only by chance: file "d/b/0" under the
-        // hash of "d/a/0".
-        let hash = index.hash("d/a/0");
-        conn.execute("INSERT INTO keys_recent(seq, key) VALUES (2, 'd/b/0')", [])
-            .unwrap();
-        let mut staged = Staged::default();
-        staged.by_hash.insert(hash, vec![(2, "d/b/0".into())]);
-        staged.count = 1;
-        index.commit(&conn, staged);
-        assert!(index.contains(&conn, "d/a/0").unwrap());
-        assert!(index.contains(&conn, "d/b/0").unwrap());
-        assert!(!index.contains(&conn, "d/c/0").unwrap());
-        assert_eq!(index.recent_len(), 2);
+    fn runs_of_one_size_merge_and_every_key_stays_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut keys = index(tmp.path(), 10);
+        let mut seq = 0;
+        let mut replaced_total = 0;
+        for _ in 0..FAN_IN * 2 {
+            for _ in 0..10 {
+                seq += 1;
+                assert!(keys.stage(&format!("d/G{seq}/0"), seq).unwrap());
+            }
+            keys.flush().unwrap();
+            let replaced = keys.merge_if_due().unwrap();
+            replaced_total += replaced.len();
+            KeyIndex::remove_runs(replaced);
+        }
+        assert_eq!(replaced_total, FAN_IN * 2);
+        assert_eq!(keys.runs.len(), 2, "{:?}", keys.run_names());
+        assert_eq!(keys.run_names()[0], run_name(1, 80));
+        for s in 1..=seq {
+            assert_eq!(keys.find(&format!("d/G{s}/0")).unwrap(), Some(s));
+        }
+        assert_eq!(keys.find("d/G0/0").unwrap(), None);
+        let on_disk = std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(on_disk, 2, "replaced runs are removed");
     }
 }

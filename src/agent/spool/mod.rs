@@ -1,55 +1,84 @@
-//! The durable spool on the device volume: SQLite in WAL mode with `synchronous=FULL`
-//! (see `docs/spool.md` for why, and what a torn write does).
+//! The durable spool on the device volume: an append-only log of CRC-checked frames, a
+//! permanent index of idempotency keys, a checkpoint, and one cursor per sink (see
+//! `docs/spool.md` for the design, why it is not SQLite any more, and what a torn write does).
 //!
-//! The capture thread owns the [`Spool`] (the only writer of records); each delivery task owns
-//! a [`SpoolReader`] (its own connection) to read batches and move its sink's cursor.
+//! ```text
+//! <spool>/checkpoint               state after record N (atomic replace)
+//! <spool>/log/<first_seq>.seg      append-only segments of frames (records, attachment files)
+//! <spool>/keys/<first>-<last>.run  sorted runs of idempotency keys (never compacted)
+//! <spool>/cursors/<hex sink name>  each sink's last acknowledged record
+//! ```
+//!
+//! The capture thread owns the [`Spool`] (the only writer); each delivery task owns a
+//! [`SpoolReader`] made by [`Spool::reader`].
 //!
 //! Guarantees:
 //! - [`Spool::append`] seals drafts into the device's chain (`seq` from 1 without gaps,
-//!   `prev_hash`, `hash`) and commits them with one fsync'd transaction, after their
-//!   attachment files were written and fsync'd. Drafts whose idempotency key is already
-//!   chained are dropped. The reader's position is derived from what is in the spool
-//!   ([`ArchiveIndex`]), so it never runs ahead of what is durable.
-//! - A sink's cursor only moves forward, after the sink acknowledged.
-//! - [`Spool::compact`] deletes record bodies (and attachment files) every sink has; the keys,
-//!   the row-id high-water marks and the chain head stay.
+//!   `prev_hash`, `hash`) and makes them durable with one write and one fdatasync, attachment
+//!   files included (their frames precede the records naming them). Drafts whose key is
+//!   already chained are dropped. The reader's position is derived from what is in the spool
+//!   ([`ArchiveIndex`]), so it never runs ahead of what is durable; readers see a batch only
+//!   after its fdatasync returned.
+//! - A sink's cursor only moves forward, durably, after the sink acknowledged.
+//! - [`Spool::compact`] deletes whole segments every sink has passed; the keys, the row-id
+//!   high-water marks and the chain head stay.
 
+mod append;
 mod blobs;
 mod bloom;
+mod checkpoint;
+mod cursors;
+mod frame;
+mod keyrun;
 mod keys;
+mod legacy;
+mod open;
 mod reader;
-mod schema;
+mod segment;
+mod state;
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+pub use blobs::BlobError;
+pub use cursors::Cursor;
+pub use reader::{Batch, SpoolReader};
 
-pub use blobs::{BlobError, BlobStore, PARALLEL_FSYNCS, is_sha256_hex, parallel_map, sync_dir};
-pub use reader::SpoolReader;
+use crate::agent::source::ArchiveIndex;
+pub use crate::api::record::is_sha256_hex;
+use crate::api::record::{GENESIS_HASH, RecordKind};
+pub use crate::sinks::files::sync_dir;
 
-use crate::agent::seal::seal_canonical;
-use crate::agent::source::{ArchiveIndex, Draft};
-use crate::api::record::{DecodeError, GENESIS_HASH, RECORD_SCHEMA, RecordKind};
+/// Sub-directories and files of a spool.
+const LOG_DIR: &str = "log";
+const KEYS_DIR: &str = "keys";
+const CURSORS_DIR: &str = "cursors";
+
+/// Segments roll over at this size (or at a sixteenth of the spool's bound, if smaller), so
+/// that compaction, which deletes whole segments, can free space long before the bound.
+pub const SEGMENT_MAX_BYTES: u64 = 64 << 20;
+/// Smallest segment size (tiny bounds in tests).
+const SEGMENT_MIN_BYTES: u64 = 16 << 10;
 
 /// Errors of the spool. All of them leave the spool as it was before the failed call.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    /// SQLite failed (disk full, I/O error, corruption).
-    #[error("spool database {path}: {source}")]
-    Db {
-        /// The database file.
-        path: PathBuf,
-        /// The cause.
-        source: rusqlite::Error,
-    },
-    /// A file operation failed.
-    #[error("spool directory {path}: {source}")]
+    /// A file operation failed (disk full, I/O error, permissions).
+    #[error("spool {path}: {source}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The spool's files contradict each other (damage beyond a torn tail): a person must
+    /// look before anything is added to this chain.
+    #[error("spool {path} is damaged: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// The spool belongs to another device (its chain must not be mixed with this one).
     #[error("spool {path} holds the chain of device {found:?}, not {expected:?}")]
@@ -77,6 +106,14 @@ pub enum SpoolError {
         /// Compaction floor.
         compacted_through: u64,
     },
+}
+
+/// Wrap an I/O error with the path it concerns.
+pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The head of the device's chain.
@@ -119,30 +156,92 @@ pub struct AppendOutcome {
     pub attachment_failures: usize,
 }
 
-pub(crate) fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Db {
-        path: path.to_path_buf(),
-        source,
+/// A segment as readers see it.
+#[derive(Clone, Debug)]
+struct SegmentRef {
+    first_seq: u64,
+    first_pos: u64,
+    path: PathBuf,
+}
+
+/// What is committed, as published to readers after each fdatasync.
+#[derive(Clone, Debug)]
+struct LogView {
+    head: ChainHead,
+    /// Log position of the end of the committed frames.
+    end_pos: u64,
+    /// Oldest first; the last is the one being appended to.
+    segments: Vec<SegmentRef>,
+}
+
+impl LogView {
+    /// Records up to this sequence number were compacted away.
+    fn compacted_through(&self) -> u64 {
+        self.segments.first().map_or(self.head.seq, |s| s.first_seq - 1)
+    }
+
+    /// The file offset in segment `i` where its committed frames end.
+    fn limit(&self, i: usize) -> u64 {
+        let end = self.segments.get(i + 1).map_or(self.end_pos, |next| next.first_pos);
+        segment::HEADER_LEN + end.saturating_sub(self.segments[i].first_pos)
+    }
+}
+
+/// State shared by the writer and the readers.
+struct Shared {
+    dir: PathBuf,
+    log_dir: PathBuf,
+    device: Arc<str>,
+    view: Mutex<LogView>,
+    cursors: cursors::Cursors,
+}
+
+impl Shared {
+    fn view(&self) -> LogView {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LogView)) {
+        f(&mut self.view.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// The segment being appended to.
+struct Active {
+    file: std::fs::File,
+    path: PathBuf,
+    first_seq: u64,
+    first_pos: u64,
+    /// File length (everything in it is valid: committed, or recovered).
+    len: u64,
+    /// Attachment files already in this segment (a later record may name them again).
+    blobs: std::collections::HashSet<[u8; 32]>,
+}
+
+impl Active {
+    /// The log position of the file's end.
+    fn end_pos(&self) -> u64 {
+        self.first_pos + self.len - segment::HEADER_LEN
     }
 }
 
 /// The writer side of the spool.
 pub struct Spool {
-    conn: Connection,
-    dir: PathBuf,
-    db_path: PathBuf,
-    blobs: BlobStore,
-    device: String,
-    head: ChainHead,
-    compacted_through: u64,
-    max_rowids: HashMap<String, i64>,
-    blob_bytes: u64,
-    /// Running total of record JSON bytes through the compaction floor, and through the head.
-    compacted_bytes: u64,
-    head_bytes: u64,
+    shared: Arc<Shared>,
+    active: Active,
     keys: keys::KeyIndex,
+    derived: state::Derived,
+    head: ChainHead,
+    /// Log position right after the head record.
+    head_pos: u64,
+    /// The last checkpoint: records up to this sequence number are in it.
+    checkpointed: u64,
     /// Deletion detection looks back this far (None: keep every live GUID).
     live_window_ns: Option<i64>,
+    segment_max: u64,
+    /// Reused buffers: the batch's frames, and attachment content.
+    frames: Vec<u8>,
+    content: Vec<u8>,
 }
 
 /// Margin kept beyond the rescan window in the live-GUID table (clock adjustments).
@@ -152,99 +251,21 @@ impl Spool {
     /// Whether `dir` holds a spool (checked without creating anything: a drain-only agent
     /// treats a volume without one as holding nothing to deliver).
     pub fn exists(dir: &Path) -> bool {
-        dir.join(schema::DB_FILE).is_file()
-    }
-
-    /// Open (or create) the spool in `dir` for `device`.
-    pub fn open(dir: &Path, device: &str) -> Result<Spool, SpoolError> {
-        std::fs::create_dir_all(dir).map_err(|source| SpoolError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let db_path = dir.join(schema::DB_FILE);
-        let err = db_err(&db_path);
-        let mut conn = Connection::open(&db_path).map_err(&err)?;
-        schema::configure(&mut conn, 4096).map_err(&err)?;
-        schema::create(&conn).map_err(&err)?;
-        let stored: Option<String> = conn
-            .query_row("SELECT v FROM meta WHERE k = 'device'", [], |r| r.get(0))
-            .optional()
-            .map_err(&err)?;
-        match stored {
-            Some(found) if found != device => {
-                return Err(SpoolError::WrongDevice {
-                    path: dir.to_path_buf(),
-                    found,
-                    expected: device.to_owned(),
-                });
-            }
-            Some(_) => {}
-            None => {
-                conn.execute(
-                    "INSERT INTO meta(k, v) VALUES ('device', ?1), ('schema', ?2)",
-                    params![device, schema::SCHEMA_VERSION],
-                )
-                .map_err(&err)?;
-            }
-        }
-        let (seq, hash, compacted_through, compacted_bytes): (i64, String, i64, i64) = conn
-            .query_row(
-                "SELECT seq, hash, compacted_through, compacted_bytes FROM chain WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .map_err(&err)?;
-        let head_bytes: i64 = conn
-            .query_row(
-                "SELECT COALESCE(MAX(cum_bytes), ?1) FROM records",
-                [compacted_bytes],
-                |r| r.get(0),
-            )
-            .map_err(&err)?;
-        let mut max_rowids = HashMap::new();
-        {
-            let mut stmt = conn.prepare("SELECT src_table, max_rowid FROM rowids").map_err(&err)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(&err)?;
-            for row in rows {
-                let (table, rowid) = row.map_err(&err)?;
-                max_rowids.insert(table, rowid);
-            }
-        }
-        let blob_bytes: i64 = conn
-            .query_row("SELECT COALESCE(SUM(size), 0) FROM blobs", [], |r| r.get(0))
-            .map_err(&err)?;
-        let keys = keys::KeyIndex::load(&conn, keys::FLUSH_EVERY).map_err(&err)?;
-        let blobs = BlobStore::new(dir);
-        blobs.remove_temporaries();
-        drop(err);
-        Ok(Spool {
-            conn,
-            dir: dir.to_path_buf(),
-            db_path: dir.join(schema::DB_FILE),
-            blobs,
-            device: device.to_owned(),
-            head: ChainHead { seq: seq as u64, hash },
-            compacted_through: compacted_through as u64,
-            max_rowids,
-            blob_bytes: blob_bytes as u64,
-            compacted_bytes: compacted_bytes as u64,
-            head_bytes: head_bytes as u64,
-            keys,
-            live_window_ns: None,
-        })
+        dir.join(checkpoint::FILE).is_file() || dir.join(open::LEGACY_DB_FILE).is_file()
     }
 
     /// Deletion detection (the reader's rescan) only asks for GUIDs whose latest event is
     /// within `window` of now; records older than that (plus a day's margin) are not added to
-    /// the live-GUID table, and compaction removes entries that fell out of it. Without this
-    /// call every GUID is kept.
+    /// the live GUIDs, and those that fell out are forgotten. Without this call every GUID is
+    /// kept.
     pub fn set_live_window(&mut self, window: std::time::Duration) {
         self.live_window_ns = Some(i64::try_from(window.as_nanos()).unwrap_or(i64::MAX));
+        if let Some(floor) = self.live_floor_ns() {
+            self.derived.prune_live(floor);
+        }
     }
 
-    /// Oldest event time the live-GUID table needs now (None: all).
+    /// Oldest event time the live GUIDs need now (None: all).
     fn live_floor_ns(&self) -> Option<i64> {
         self.live_window_ns.map(|w| {
             crate::apple::epoch::now_apple_ns()
@@ -253,21 +274,33 @@ impl Spool {
         })
     }
 
-    /// Merge the recent idempotency keys into the sorted table after this many (tests use
-    /// small numbers to cross merges).
+    /// Segments roll over at `bytes` (bounded to 16 KiB–64 MiB); the agent sets a sixteenth
+    /// of its spool bound, so compaction can always free space before the bound is reached.
+    pub fn set_segment_max_bytes(&mut self, bytes: u64) {
+        self.segment_max = bytes.clamp(SEGMENT_MIN_BYTES, SEGMENT_MAX_BYTES);
+    }
+
+    /// Roll segments after `bytes` without the lower bound (tests: one segment per batch).
     #[cfg(test)]
-    pub(crate) fn set_key_merge_every(&mut self, n: usize) {
-        self.keys = keys::KeyIndex::load(&self.conn, n).expect("spool readable");
+    pub(crate) fn set_segment_max_bytes_unclamped(&mut self, bytes: u64) {
+        self.segment_max = bytes;
+    }
+
+    /// Flush recent keys into a run after this many (tests use small numbers to cross
+    /// flushes and merges).
+    #[cfg(test)]
+    pub(crate) fn set_key_flush_every(&mut self, n: usize) {
+        self.keys.set_flush_every(n);
     }
 
     /// The spool directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     /// The device whose chain this is.
     pub fn device(&self) -> &str {
-        &self.device
+        &self.shared.device
     }
 
     /// The chain head.
@@ -277,355 +310,64 @@ impl Spool {
 
     /// Records up to this sequence number have been compacted away.
     pub fn compacted_through(&self) -> u64 {
-        self.compacted_through
+        self.shared.view().compacted_through()
     }
 
-    /// The attachment store.
-    pub fn blobs(&self) -> &BlobStore {
-        &self.blobs
-    }
-
-    fn err(&self) -> impl Fn(rusqlite::Error) -> SpoolError + '_ {
-        db_err(&self.db_path)
+    /// A reader for a delivery task (or for watching cursors and the head).
+    pub fn reader(&self) -> SpoolReader {
+        SpoolReader::new(Arc::clone(&self.shared))
     }
 
     /// Make sure every configured sink has a cursor (a new sink starts at the compaction
     /// floor) and forget the cursors of sinks no longer configured (they would hold back
     /// compaction forever). Returns the names of the forgotten sinks.
     pub fn sync_cursors(&mut self, sinks: &[String]) -> Result<Vec<String>, SpoolError> {
-        let err = db_err(&self.db_path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let existing: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT sink FROM cursors").map_err(&err)?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(&err)?;
-            rows.collect::<Result<_, _>>().map_err(&err)?
+        let view = self.shared.view();
+        let floor = Cursor {
+            seq: view.compacted_through(),
+            pos: view.segments.first().map_or(self.head_pos, |s| s.first_pos),
         };
-        let wanted: HashSet<&str> = sinks.iter().map(String::as_str).collect();
-        let mut forgotten = Vec::new();
-        for name in existing {
-            if !wanted.contains(name.as_str()) {
-                tx.execute("DELETE FROM cursors WHERE sink = ?1", [&name])
-                    .map_err(&err)?;
-                forgotten.push(name);
-            }
-        }
-        for name in sinks {
-            tx.execute(
-                "INSERT OR IGNORE INTO cursors(sink, seq) VALUES (?1, ?2)",
-                params![name, self.compacted_through as i64],
-            )
-            .map_err(&err)?;
-        }
-        tx.commit().map_err(&err)?;
-        Ok(forgotten)
+        let dir = self.shared.dir.join(CURSORS_DIR);
+        self.shared.cursors.sync(sinks, floor).map_err(io_err(&dir))
     }
 
-    /// The delivery cursor of every sink.
-    pub fn cursors(&self) -> Result<HashMap<String, u64>, SpoolError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT sink, seq FROM cursors")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(self.err())?;
-        rows.collect::<Result<_, _>>().map_err(self.err())
+    /// The delivery cursor (last acknowledged sequence number) of every sink.
+    pub fn cursors(&self) -> Result<std::collections::HashMap<String, u64>, SpoolError> {
+        Ok(self
+            .shared
+            .cursors
+            .all()
+            .into_iter()
+            .map(|(name, c)| (name, c.seq))
+            .collect())
     }
 
-    /// Bytes of disk the spool uses: live database pages plus captured attachment files.
+    /// Bytes of disk the spool uses: log segments, key runs and their overhead.
     pub fn used_bytes(&self) -> Result<u64, SpoolError> {
-        let pages: i64 = self
-            .conn
-            .query_row(
-                "SELECT page_count - freelist_count FROM pragma_page_count, pragma_freelist_count",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(self.err())?;
-        let page_size: i64 = self
-            .conn
-            .query_row("SELECT page_size FROM pragma_page_size", [], |r| r.get(0))
-            .map_err(self.err())?;
-        Ok((pages.max(0) * page_size) as u64 + self.blob_bytes)
+        let view = self.shared.view();
+        let first = view.segments.first().map_or(self.head_pos, |s| s.first_pos);
+        let log = self.active.end_pos().saturating_sub(first) + segment::HEADER_LEN * view.segments.len() as u64;
+        Ok(log + self.keys.disk_bytes())
     }
 
-    /// Bytes waiting for delivery: stored record bodies plus captured attachment files. This
-    /// is what `spool_max_bytes` bounds (the permanent key index, tens of bytes per record
-    /// ever captured, is not compactable and is not counted).
+    /// Bytes waiting for delivery: the log from the slowest sink's cursor to the end (records
+    /// and attachment files). This is what `spool_max_bytes` bounds; the permanent key index
+    /// (tens of bytes per record ever captured) is not counted.
     pub fn backlog_bytes(&self) -> u64 {
-        self.head_bytes.saturating_sub(self.compacted_bytes) + self.blob_bytes
-    }
-
-    /// Seal and durably commit a batch of drafts (see the module docs). Drafts already
-    /// chained are dropped. On error nothing of the batch is chained.
-    ///
-    /// The drafts are sealed in place; after an error the same slice can be passed again.
-    pub fn append(&mut self, drafts: &mut [Draft]) -> Result<AppendOutcome, SpoolError> {
-        let mut outcome = AppendOutcome::default();
-        let started = std::time::Instant::now();
-        // 1. Validate, and capture attachment files first (durable before the commit).
-        let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
-        let mut blob_rows: Vec<(String, u64, usize)> = Vec::new(); // (sha, size, draft index)
-        let mut wanted: Vec<(String, PathBuf)> = Vec::new();
-        let mut wanted_by: Vec<usize> = Vec::new();
-        for (index, draft) in drafts.iter().enumerate() {
-            let record = &draft.record;
-            if record.schema != RECORD_SCHEMA || record.device.name != self.device {
-                return Err(SpoolError::InvalidDraft {
-                    key: record.idempotency_key.clone(),
-                    reason: format!(
-                        "schema {:?} / device {:?}, expected {RECORD_SCHEMA:?} / {:?}",
-                        record.schema, record.device.name, self.device
-                    ),
-                });
-            }
-            if draft.files.is_empty() || self.contains_key(&draft.record.idempotency_key) {
-                continue;
-            }
-            for file in &draft.files {
-                wanted.push(file.clone());
-                wanted_by.push(index);
-            }
-        }
-        let mut failed: Vec<(usize, String, BlobError)> = Vec::new();
-        for (((sha256, _), index), result) in wanted.iter().zip(wanted_by).zip(self.blobs.put_all(&wanted)) {
-            match result {
-                Ok((size, dir)) => {
-                    dirs_to_sync.extend(dir);
-                    blob_rows.push((sha256.clone(), size, index));
-                }
-                Err(BlobError::Spool { path, source }) => return Err(SpoolError::Io { path, source }),
-                Err(error) => failed.push((index, sha256.clone(), error)),
-            }
-        }
-        for (index, sha256, error) in failed {
-            // Never drop the record: it says the file could not be captured, and why.
-            outcome.attachment_failures += 1;
-            mark_attachment_uncaptured(&mut drafts[index].record, &sha256, &error);
-        }
-        dirs_to_sync.sort();
-        dirs_to_sync.dedup();
-        for (dir, result) in dirs_to_sync.iter().zip(parallel_map(&dirs_to_sync, |d| sync_dir(d))) {
-            result.map_err(|source| SpoolError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-        }
-
-        let files_done = std::time::Instant::now();
-        // 2. Seal and insert in one transaction.
-        let err = db_err(&self.db_path);
-        let mut head = self.head.clone();
-        let mut rowids: HashMap<String, i64> = HashMap::new();
-        let mut seq_of_draft: Vec<Option<u64>> = vec![None; drafts.len()];
-        let mut new_blob_bytes = 0u64;
-        let mut cum_bytes = self.head_bytes;
-        let live_floor = self.live_floor_ns();
-        let mut staged = keys::Staged::default();
-        {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(&err)?;
-            {
-                let mut insert_record = tx
-                    .prepare_cached("INSERT INTO records(seq, cum_bytes, json) VALUES (?1, ?2, ?3)")
-                    .map_err(&err)?;
-                let mut upsert_live = tx
-                    .prepare_cached(
-                        "INSERT INTO live(guid, key, event_ns) VALUES (?1, ?2, ?3)
-                         ON CONFLICT(guid) DO UPDATE SET key = excluded.key,
-                             event_ns = max(event_ns, excluded.event_ns)",
-                    )
-                    .map_err(&err)?;
-                let mut delete_live = tx.prepare_cached("DELETE FROM live WHERE guid = ?1").map_err(&err)?;
-                for (index, draft) in drafts.iter_mut().enumerate() {
-                    let record = &mut draft.record;
-                    let seq = head.seq + 1;
-                    if !self
-                        .keys
-                        .stage(&tx, &mut staged, &record.idempotency_key, seq)
-                        .map_err(&err)?
-                    {
-                        outcome.duplicates += 1;
-                        continue;
-                    }
-                    let json = seal_canonical(record, seq, head.next_prev_hash());
-                    cum_bytes += json.len() as u64;
-                    insert_record
-                        .execute(params![seq as i64, cum_bytes as i64, json])
-                        .map_err(&err)?;
-                    if record.source.table == "message" || record.source.table == "attachment" {
-                        if record.kind == RecordKind::DeletionDetected {
-                            delete_live.execute([&record.source.guid]).map_err(&err)?;
-                        } else if live_floor.is_none_or(|floor| record.event_time_apple_ns >= floor) {
-                            upsert_live
-                                .execute(params![
-                                    record.source.guid,
-                                    record.idempotency_key,
-                                    record.event_time_apple_ns
-                                ])
-                                .map_err(&err)?;
-                        }
-                    }
-                    let max = rowids.entry(record.source.table.clone()).or_insert(i64::MIN);
-                    *max = (*max).max(record.source.rowid);
-                    head = ChainHead {
-                        seq,
-                        hash: record.hash.clone(),
-                    };
-                    seq_of_draft[index] = Some(seq);
-                    outcome.appended.push(Appended {
-                        seq,
-                        kind: record.kind,
-                        event_apple_ns: record.event_time_apple_ns,
-                        decode_errors: record.decode_errors.len(),
-                    });
-                }
-                let mut upsert_blob = tx
-                    .prepare_cached(
-                        "INSERT INTO blobs(sha256, size, last_seq) VALUES (?1, ?2, ?3)
-                         ON CONFLICT(sha256) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
-                    )
-                    .map_err(&err)?;
-                for (sha256, size, index) in &blob_rows {
-                    let Some(seq) = seq_of_draft[*index] else { continue };
-                    let existed: bool = tx
-                        .query_row("SELECT 1 FROM blobs WHERE sha256 = ?1", [sha256], |_| Ok(true))
-                        .optional()
-                        .map_err(&err)?
-                        .unwrap_or(false);
-                    upsert_blob
-                        .execute(params![sha256, *size as i64, seq as i64])
-                        .map_err(&err)?;
-                    if !existed {
-                        new_blob_bytes += size;
-                    }
-                }
-                let mut upsert_rowid = tx
-                    .prepare_cached(
-                        "INSERT INTO rowids(src_table, max_rowid) VALUES (?1, ?2)
-                         ON CONFLICT(src_table) DO UPDATE SET max_rowid = max(max_rowid, excluded.max_rowid)",
-                    )
-                    .map_err(&err)?;
-                for (table, rowid) in &rowids {
-                    upsert_rowid.execute(params![table, rowid]).map_err(&err)?;
-                }
-                self.keys.flush_if_full(&tx, &mut staged).map_err(&err)?;
-            }
-            if head.seq != self.head.seq {
-                tx.execute(
-                    "UPDATE chain SET seq = ?1, hash = ?2 WHERE id = 1",
-                    params![head.seq as i64, head.hash],
-                )
-                .map_err(&err)?;
-            }
-            tx.commit().map_err(&err)?;
-        }
-        self.keys.commit(&self.conn, staged);
-        tracing::debug!(
-            files = blob_rows.len(),
-            files_ms = (files_done - started).as_millis() as u64,
-            commit_ms = files_done.elapsed().as_millis() as u64,
-            "spool append"
-        );
-        // 3. Only now does the in-memory state (and so the reader's view) move.
-        self.head = head;
-        self.blob_bytes += new_blob_bytes;
-        self.head_bytes = cum_bytes;
-        for (table, rowid) in rowids {
-            let max = self.max_rowids.entry(table).or_insert(0);
-            *max = (*max).max(rowid);
-        }
-        Ok(outcome)
-    }
-
-    /// Delete the bodies of records every sink has acknowledged, at most `max_records` at a
-    /// time, and the attachment files no pending record names. Returns how many records went.
-    pub fn compact(&mut self, max_records: u64) -> Result<u64, SpoolError> {
-        let cursors = self.cursors()?;
-        let Some(floor) = cursors.values().copied().min() else {
-            return Ok(0);
-        };
-        let upto = floor.min(self.compacted_through + max_records).min(self.head.seq);
-        if upto <= self.compacted_through {
-            return Ok(0);
-        }
-        let err = db_err(&self.db_path);
-        let live_floor = self.live_floor_ns();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        if let Some(floor) = live_floor {
-            tx.execute("DELETE FROM live WHERE event_ns < ?1", [floor])
-                .map_err(&err)?;
-        }
-        let cum_at_floor: i64 = tx
-            .query_row("SELECT cum_bytes FROM records WHERE seq = ?1", [upto as i64], |r| {
-                r.get(0)
-            })
-            .map_err(&err)?;
-        let deleted = tx
-            .execute(
-                "DELETE FROM records WHERE seq > ?1 AND seq <= ?2",
-                params![self.compacted_through as i64, upto as i64],
-            )
-            .map_err(&err)?;
-        let gone: Vec<(String, i64)> = {
-            let mut stmt = tx
-                .prepare("DELETE FROM blobs WHERE last_seq <= ?1 RETURNING sha256, size")
-                .map_err(&err)?;
-            let rows = stmt
-                .query_map([upto as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(&err)?;
-            rows.collect::<Result<_, _>>().map_err(&err)?
-        };
-        tx.execute(
-            "UPDATE chain SET compacted_through = ?1, compacted_bytes = ?2 WHERE id = 1",
-            params![upto as i64, cum_at_floor],
-        )
-        .map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        self.compacted_through = upto;
-        self.compacted_bytes = cum_at_floor as u64;
-        for (sha256, size) in gone {
-            self.blob_bytes = self.blob_bytes.saturating_sub(size as u64);
-            if let Err(source) = self.blobs.remove(&sha256) {
-                tracing::warn!(%sha256, error = %source, "could not remove a compacted attachment file");
-            }
-        }
-        Ok(deleted as u64)
-    }
-}
-
-/// The file named by `sha256` could not be captured: the record keeps the attachment's
-/// metadata, says it is missing, and carries the reason as a decode error.
-fn mark_attachment_uncaptured(record: &mut crate::api::record::ArchiveRecord, sha256: &str, error: &BlobError) {
-    let mut guid = String::new();
-    for attachment in &mut record.attachments {
-        if attachment.sha256.as_deref() == Some(sha256) {
-            attachment.sha256 = None;
-            attachment.missing = true;
-            guid.clone_from(&attachment.guid);
+        let end = self.active.end_pos();
+        match self.shared.cursors.all().values().map(|c| c.pos).min() {
+            Some(pos) => end.saturating_sub(pos),
+            None => end.saturating_sub(self.shared.view().segments.first().map_or(end, |s| s.first_pos)),
         }
     }
-    record.decode_errors.push(DecodeError {
-        field: format!("attachment:{guid}"),
-        error: format!("file not captured ({sha256}): {error}"),
-        raw_base64: String::new(),
-    });
 }
 
 impl ArchiveIndex for Spool {
     fn contains_key(&self, key: &str) -> bool {
-        match self.keys.contains(&self.conn, key) {
-            Ok(found) => found,
+        match self.keys.find(key) {
+            Ok(found) => found.is_some(),
             Err(error) => {
-                // Answering "no" is safe: append() checks again inside its transaction.
+                // Answering "no" is safe: append() checks again before chaining.
                 tracing::error!(%error, "spool key lookup failed");
                 false
             }
@@ -633,22 +375,11 @@ impl ArchiveIndex for Spool {
     }
 
     fn live_guids_since(&self, since_apple_ns: i64) -> Vec<(String, String)> {
-        let result = self
-            .conn
-            .prepare_cached("SELECT guid, key FROM live WHERE event_ns >= ?1 ORDER BY guid")
-            .and_then(|mut stmt| {
-                stmt.query_map([since_apple_ns], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()
-            });
-        result.unwrap_or_else(|error| {
-            // An empty answer only delays deletion detection to a later poll.
-            tracing::error!(%error, "spool live-guid lookup failed");
-            Vec::new()
-        })
+        self.derived.live_since(since_apple_ns)
     }
 
     fn max_rowid(&self, table: &str) -> i64 {
-        self.max_rowids.get(table).copied().unwrap_or(0).max(0)
+        self.derived.max_rowid(table)
     }
 }
 

@@ -1,113 +1,265 @@
-//! The delivery side of the spool: one connection per sink task, reading batches in sequence
-//! order and moving that sink's cursor after it acknowledged.
+//! The delivery side of the spool: each sink's task reads batches in sequence order from the
+//! committed log (never past the last fdatasync) and moves its own cursor after the sink
+//! acknowledged. A reader remembers where it stopped, so consecutive batches read the log
+//! sequentially; any other position is found by scanning the segment that holds it.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
 
-use rusqlite::{Connection, OpenFlags, params};
+use super::cursors::Cursor;
+use super::frame;
+use super::segment::{self, End, Scanned, Scanner};
+use super::{ChainHead, LogView, Shared, SpoolError, io_err};
+use crate::sinks::{Attachment, AttachmentStore, RecordMeta, SpooledRecord};
 
-use super::{ChainHead, SpoolError, db_err, schema};
-use crate::api::record::ArchiveRecord;
-use crate::sinks::SpooledRecord;
+/// Records read for one delivery, with the attachment files they name.
+#[derive(Default)]
+pub struct Batch {
+    /// The records, in sequence order.
+    pub records: Vec<SpooledRecord>,
+    files: HashMap<String, Attachment>,
+}
 
-/// A reader of the spool with its own SQLite connection.
+impl Batch {
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+impl AttachmentStore for Batch {
+    fn get(&self, sha256: &str) -> Option<Attachment> {
+        self.files.get(sha256).cloned()
+    }
+}
+
+/// Where a reader stopped: the frame after record `seq`.
+struct Position {
+    seq: u64,
+    segment_first_seq: u64,
+    file: Arc<File>,
+    path: Arc<std::path::Path>,
+    offset: u64,
+    /// Attachment files in this segment before `offset`: (content offset, length).
+    blobs: HashMap<[u8; 32], (u64, u64)>,
+}
+
+/// A reader of the spool (one per delivery task).
 pub struct SpoolReader {
-    conn: Connection,
-    db_path: PathBuf,
+    shared: Arc<Shared>,
+    at: Option<Position>,
+    /// (seq, log position after it) of the records of the last batch, for acknowledgements.
+    read_ends: Vec<(u64, u64)>,
 }
 
 impl SpoolReader {
-    /// Open the spool in `dir` (which [`super::Spool::open`] created).
-    pub fn open(dir: &Path) -> Result<SpoolReader, SpoolError> {
-        let db_path = dir.join(schema::DB_FILE);
-        let err = db_err(&db_path);
-        let mut conn = Connection::open_with_flags(
-            &db_path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-        )
-        .map_err(&err)?;
-        schema::configure(&mut conn, 1024).map_err(&err)?;
-        drop(err);
-        Ok(SpoolReader {
-            conn,
-            db_path: dir.join(schema::DB_FILE),
-        })
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        SpoolReader {
+            shared,
+            at: None,
+            read_ends: Vec::new(),
+        }
     }
 
     /// The chain head as committed.
     pub fn head(&self) -> Result<ChainHead, SpoolError> {
-        self.conn
-            .query_row("SELECT seq, hash FROM chain WHERE id = 1", [], |r| {
-                Ok(ChainHead {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    hash: r.get(1)?,
-                })
-            })
-            .map_err(db_err(&self.db_path))
+        Ok(self.shared.view().head)
     }
 
     /// A sink's cursor: the last sequence number it acknowledged (None: unknown sink).
     pub fn cursor(&self, sink: &str) -> Result<Option<u64>, SpoolError> {
-        use rusqlite::OptionalExtension;
-        self.conn
-            .query_row("SELECT seq FROM cursors WHERE sink = ?1", [sink], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()
-            .map(|v| v.map(|s| s as u64))
-            .map_err(db_err(&self.db_path))
+        Ok(self.shared.cursors.get(sink).map(|c| c.seq))
     }
 
     /// Move a sink's cursor forward to `seq` (never backwards), durably.
-    pub fn ack(&self, sink: &str, seq: u64) -> Result<(), SpoolError> {
-        self.conn
-            .prepare_cached("UPDATE cursors SET seq = max(seq, ?2) WHERE sink = ?1")
-            .and_then(|mut stmt| stmt.execute(params![sink, seq as i64]))
-            .map(|_| ())
-            .map_err(db_err(&self.db_path))
+    pub fn ack(&mut self, sink: &str, seq: u64) -> Result<(), SpoolError> {
+        let pos = match self.read_ends.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(i) => self.read_ends[i].1,
+            Err(_) => self.position_after(seq)?,
+        };
+        let dir = self.shared.dir.join(super::CURSORS_DIR);
+        self.shared
+            .cursors
+            .advance(sink, Cursor { seq, pos })
+            .map_err(io_err(&dir))
+    }
+
+    /// The log position right after record `seq` (found by reading).
+    fn position_after(&mut self, seq: u64) -> Result<u64, SpoolError> {
+        let view = self.shared.view();
+        if seq <= view.compacted_through() {
+            return Ok(view.segments.first().map_or(view.end_pos, |s| s.first_pos));
+        }
+        let saved = (self.at.take(), std::mem::take(&mut self.read_ends));
+        let found = self
+            .read_after(seq - 1, 1, 1)
+            .map(|_| self.read_ends.first().map(|(_, p)| *p));
+        (self.at, self.read_ends) = saved;
+        found?.ok_or(SpoolError::Missing {
+            seq,
+            compacted_through: view.compacted_through(),
+        })
     }
 
     /// Up to `max_records` records after `after`, in order, stopping early once `max_bytes`
     /// of JSON are collected (at least one record is returned when any is there).
-    pub fn read_after(
-        &self,
-        after: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<SpooledRecord>, SpoolError> {
-        let err = db_err(&self.db_path);
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, json FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .map_err(&err)?;
-        let mut rows = stmt.query(params![after as i64, max_records as i64]).map_err(&err)?;
-        let mut batch = Vec::new();
+    pub fn read_after(&mut self, after: u64, max_records: usize, max_bytes: usize) -> Result<Batch, SpoolError> {
+        let view = self.shared.view();
+        let mut batch = Batch::default();
+        self.read_ends.clear();
+        if after >= view.head.seq || max_records == 0 {
+            return Ok(batch);
+        }
+        let compacted_through = view.compacted_through();
+        if after < compacted_through {
+            return Err(SpoolError::Missing {
+                seq: after + 1,
+                compacted_through,
+            });
+        }
+        let mut at = match self.at.take() {
+            Some(at) if at.seq == after && view.segments.iter().any(|s| s.first_seq == at.segment_first_seq) => at,
+            Some(at) if at.seq == after => {
+                // Its segment was compacted after being read to its end: continue in the next.
+                match self.next_segment(&view, at.segment_first_seq)? {
+                    Some(next) => next,
+                    None => return Ok(batch),
+                }
+            }
+            _ => self.seek(&view, after)?,
+        };
         let mut bytes = 0usize;
-        while let Some(row) = rows.next().map_err(&err)? {
-            let seq = row.get::<_, i64>(0).map_err(&err)? as u64;
-            let json: String = row.get(1).map_err(&err)?;
-            let expected = after + batch.len() as u64 + 1;
-            if seq != expected {
-                let compacted_through = self
-                    .conn
-                    .query_row("SELECT compacted_through FROM chain WHERE id = 1", [], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                    .map_err(&err)? as u64;
-                return Err(SpoolError::Missing {
-                    seq: expected,
+        'segments: loop {
+            let index = view
+                .segments
+                .iter()
+                .position(|s| s.first_seq == at.segment_first_seq)
+                .ok_or(SpoolError::Missing {
+                    seq: after + 1,
                     compacted_through,
+                })?;
+            let path = &view.segments[index].path;
+            let first_pos = view.segments[index].first_pos;
+            let limit = view.limit(index);
+            let file = Arc::clone(&at.file);
+            let mut scanner = Scanner::new(&file, at.offset, limit);
+            while let Some(item) = scanner.next_frame().map_err(io_err(path))? {
+                let next_offset = item.offset + item.len;
+                match item.frame {
+                    Scanned::Blob {
+                        sha256,
+                        content_offset,
+                        len,
+                    } => {
+                        at.blobs.insert(sha256, (content_offset, len));
+                    }
+                    Scanned::Record(r) if r.seq <= at.seq => {}
+                    Scanned::Record(r) => {
+                        if r.seq != at.seq + 1 {
+                            return Err(SpoolError::Corrupt {
+                                path: path.clone(),
+                                reason: format!("record {} follows record {}", r.seq, at.seq),
+                            });
+                        }
+                        let mut files = Vec::with_capacity(r.files.len());
+                        for sha in &r.files {
+                            let hex = frame::to_hex(sha);
+                            match at.blobs.get(sha) {
+                                Some((offset, len)) => {
+                                    batch.files.entry(hex.clone()).or_insert_with(|| {
+                                        Attachment::in_file(Arc::clone(&file), Arc::clone(&at.path), *offset, *len)
+                                    });
+                                    files.push(hex);
+                                }
+                                None => {
+                                    tracing::error!(seq = r.seq, sha256 = %hex, "a record names an attachment file its segment does not hold")
+                                }
+                            }
+                        }
+                        bytes += r.json.len();
+                        batch.records.push(SpooledRecord::stored(
+                            r.seq,
+                            r.json.to_owned(),
+                            RecordMeta {
+                                device: Arc::clone(&self.shared.device),
+                                hash: frame::to_hex(&r.hash),
+                                prev_hash: frame::to_hex(&r.prev_hash),
+                                kind: r.kind,
+                                event_time_apple_ns: r.event_ns,
+                                files,
+                            },
+                        ));
+                        at.seq = r.seq;
+                        self.read_ends
+                            .push((r.seq, first_pos + next_offset - segment::HEADER_LEN));
+                    }
+                }
+                at.offset = next_offset;
+                if batch.records.len() >= max_records || bytes >= max_bytes || at.seq >= view.head.seq {
+                    break 'segments;
+                }
+            }
+            if let Some(End::Torn(offset)) = scanner.end() {
+                return Err(SpoolError::Corrupt {
+                    path: path.clone(),
+                    reason: format!("damaged frame at byte {offset} of committed log"),
                 });
             }
-            let record = ArchiveRecord::from_json(&json).map_err(|e| SpoolError::InvalidDraft {
-                key: format!("seq {seq}"),
-                reason: format!("stored record does not parse: {e}"),
-            })?;
-            bytes += json.len();
-            batch.push(SpooledRecord { seq, record, json });
-            if bytes >= max_bytes {
-                break;
+            match self.next_segment(&view, at.segment_first_seq)? {
+                Some(mut next) => {
+                    next.seq = at.seq;
+                    at = next;
+                }
+                None => break,
             }
         }
+        self.at = Some(at);
         Ok(batch)
+    }
+
+    /// A position at the start of the segment after `first_seq` (None: it is the newest).
+    fn next_segment(&self, view: &LogView, first_seq: u64) -> Result<Option<Position>, SpoolError> {
+        let Some(next) = view.segments.iter().find(|s| s.first_seq > first_seq) else {
+            return Ok(None);
+        };
+        let file = File::open(&next.path).map_err(io_err(&next.path))?;
+        Ok(Some(Position {
+            seq: next.first_seq - 1,
+            segment_first_seq: next.first_seq,
+            file: Arc::new(file),
+            path: Arc::from(next.path.as_path()),
+            offset: segment::HEADER_LEN,
+            blobs: HashMap::new(),
+        }))
+    }
+
+    /// A position from which record `after + 1` is the next one read: the start of the
+    /// segment holding it (its attachment files are indexed on the way).
+    fn seek(&self, view: &LogView, after: u64) -> Result<Position, SpoolError> {
+        let segment = view
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.first_seq <= after + 1)
+            .ok_or(SpoolError::Missing {
+                seq: after + 1,
+                compacted_through: view.compacted_through(),
+            })?;
+        let file = File::open(&segment.path).map_err(io_err(&segment.path))?;
+        Ok(Position {
+            // Records up to `after` are skipped while scanning.
+            seq: after,
+            segment_first_seq: segment.first_seq,
+            file: Arc::new(file),
+            path: Arc::from(segment.path.as_path()),
+            offset: segment::HEADER_LEN,
+            blobs: HashMap::new(),
+        })
     }
 }

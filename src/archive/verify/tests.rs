@@ -3,9 +3,9 @@ use std::path::Path;
 use super::*;
 use crate::agent::seal::seal_canonical;
 use crate::agent::seal::tests::sample_record;
-use crate::agent::spool::BlobStore;
 use crate::api::agent::FilesystemTarget;
 use crate::api::record::AttachmentInfo;
+use crate::sinks::attachment::FilesByHash;
 use crate::sinks::filesystem::{FilesystemSink, segment_name};
 use crate::sinks::{Sink, SpooledRecord};
 
@@ -15,12 +15,8 @@ const DEVICE: &str = "dev-a";
 /// attachment), in segments of 4.
 fn archive(n: u64) -> (tempfile::TempDir, Vec<SpooledRecord>) {
     let tmp = tempfile::tempdir().unwrap();
-    let spool = tmp.path().join("spool");
-    let blobs = BlobStore::new(&spool);
-    let src = tmp.path().join("a.bin");
-    fs::write(&src, b"attachment").unwrap();
-    let sha = hex::encode(Sha256::digest(b"attachment"));
-    blobs.put(&sha, &src).unwrap();
+    let mut blobs = FilesByHash::default();
+    let sha = blobs.add(tmp.path(), b"attachment");
     let mut prev = GENESIS_HASH.to_owned();
     let records: Vec<SpooledRecord> = (1..=n)
         .map(|seq| {
@@ -35,7 +31,7 @@ fn archive(n: u64) -> (tempfile::TempDir, Vec<SpooledRecord>) {
             }
             let json = seal_canonical(&mut record, seq, &prev);
             prev = record.hash.clone();
-            SpooledRecord { seq, record, json }
+            SpooledRecord::from_record(seq, record, json)
         })
         .collect();
     let sink = FilesystemSink::new(
@@ -78,7 +74,7 @@ fn an_untouched_archive_verifies() {
     let report = verify(&root(&tmp)).unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!((report.records, report.devices, report.problems_total), (10, 1, 0));
-    assert_eq!(report.heads[DEVICE].hash, records[9].record.hash);
+    assert_eq!(report.heads[DEVICE].hash, records[9].meta.hash);
 }
 
 #[test]
@@ -97,9 +93,9 @@ fn an_altered_body_is_a_hash_mismatch() {
 #[test]
 fn an_altered_and_rehashed_record_breaks_the_next_link() {
     let (tmp, records) = archive(10);
-    let mut forged = records[5].record.clone();
+    let mut forged = records[5].record().unwrap().clone();
     forged.body.as_mut().unwrap().text = "something else".into();
-    let json = seal_canonical(&mut forged, 6, &records[4].record.hash);
+    let json = seal_canonical(&mut forged, 6, &records[4].meta.hash);
     edit_lines(&segment(&tmp, 5), |lines| lines[1] = json);
     let report = verify(&root(&tmp)).unwrap();
     assert_eq!(kinds(&report), vec!["broken_link"]);
@@ -150,8 +146,8 @@ fn garbage_and_reformatted_lines_are_reported() {
 #[test]
 fn an_event_archived_twice_is_a_duplicate_key_even_in_a_valid_chain() {
     let (tmp, records) = archive(10);
-    let mut again = records[3].record.clone();
-    let json = seal_canonical(&mut again, 11, &records[9].record.hash);
+    let mut again = records[3].record().unwrap().clone();
+    let json = seal_canonical(&mut again, 11, &records[9].meta.hash);
     edit_lines(&segment(&tmp, 9), |lines| lines.push(json));
     let report = verify(&root(&tmp)).unwrap();
     assert_eq!(kinds(&report), vec!["duplicate_key"]);

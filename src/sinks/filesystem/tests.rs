@@ -1,10 +1,10 @@
-use sha2::{Digest, Sha256};
+use std::io::Write;
 
 use super::*;
 use crate::agent::seal::seal_canonical;
 use crate::agent::seal::tests::sample_record;
-use crate::agent::spool::BlobStore;
-use crate::api::record::AttachmentInfo;
+use crate::api::record::{AttachmentInfo, GENESIS_HASH};
+use crate::sinks::attachment::FilesByHash;
 
 /// `n` sealed records of `device`, chained from 1.
 fn chain(device: &str, n: u64) -> Vec<SpooledRecord> {
@@ -14,7 +14,7 @@ fn chain(device: &str, n: u64) -> Vec<SpooledRecord> {
             let mut record = sample_record(device, &format!("G{seq}"), "0");
             let json = seal_canonical(&mut record, seq, &prev);
             prev = record.hash.clone();
-            SpooledRecord { seq, record, json }
+            SpooledRecord::from_record(seq, record, json)
         })
         .collect()
 }
@@ -51,7 +51,7 @@ fn lines(root: &Path, device: &str) -> Vec<String> {
 #[tokio::test]
 async fn writes_spool_bytes_in_rotated_segments_and_skips_redelivery() {
     let tmp = tempfile::tempdir().unwrap();
-    let blobs = BlobStore::new(tmp.path());
+    let blobs = FilesByHash::default();
     let records = chain("dev-a", 7);
     let s = sink(&tmp.path().join("archive"), 3);
     s.start().await.unwrap();
@@ -77,7 +77,7 @@ async fn writes_spool_bytes_in_rotated_segments_and_skips_redelivery() {
 #[tokio::test]
 async fn refuses_gaps_and_forks_loudly() {
     let tmp = tempfile::tempdir().unwrap();
-    let blobs = BlobStore::new(tmp.path());
+    let blobs = FilesByHash::default();
     let records = chain("dev-a", 5);
     let s = sink(tmp.path(), 100);
     s.deliver(&records[..2], &blobs).await.unwrap();
@@ -86,7 +86,7 @@ async fn refuses_gaps_and_forks_loudly() {
 
     let other = chain("dev-a", 3); // same seqs, but resealed with different content below
     let mut forked = other[2].clone();
-    forked.record.prev_hash = "f".repeat(64);
+    forked.meta.prev_hash = "f".repeat(64);
     let err = s.deliver(&[forked], &blobs).await.unwrap_err();
     assert!(
         matches!(err, SinkError::Permanent(ref m) if m.contains("prev_hash")),
@@ -94,7 +94,7 @@ async fn refuses_gaps_and_forks_loudly() {
     );
 
     let mut altered = records[1].clone();
-    altered.record.hash = "e".repeat(64);
+    altered.meta.hash = "e".repeat(64);
     let err = s.deliver(&[altered], &blobs).await.unwrap_err();
     assert!(
         matches!(err, SinkError::Permanent(ref m) if m.contains("differs")),
@@ -112,7 +112,7 @@ async fn refuses_gaps_and_forks_loudly() {
 #[tokio::test]
 async fn cuts_a_torn_trailing_line_and_removes_an_empty_segment() {
     let tmp = tempfile::tempdir().unwrap();
-    let blobs = BlobStore::new(tmp.path());
+    let blobs = FilesByHash::default();
     let records = chain("dev-a", 4);
     sink(tmp.path(), 2).deliver(&records[..3], &blobs).await.unwrap();
     let newest = tmp.path().join("dev-a").join(segment_name(3));
@@ -126,32 +126,90 @@ async fn cuts_a_torn_trailing_line_and_removes_an_empty_segment() {
     assert!(!tmp.path().join("dev-a").join(segment_name(5)).exists());
 }
 
+/// `n` records chained from 1, each naming its own attachment file (served by `files`).
+fn chain_with_files(n: u64, dir: &Path, files: &mut FilesByHash) -> Vec<SpooledRecord> {
+    let mut prev = GENESIS_HASH.to_owned();
+    (1..=n)
+        .map(|seq| {
+            let content = format!("\u{89}PNG image {seq}").into_bytes();
+            let sha = files.add(dir, &content);
+            let mut record = sample_record("dev-a", &format!("G{seq}"), "0");
+            record.attachments.push(AttachmentInfo {
+                guid: format!("AT{seq}"),
+                size: content.len() as u64,
+                sha256: Some(sha),
+                ..Default::default()
+            });
+            let json = seal_canonical(&mut record, seq, &prev);
+            prev = record.hash.clone();
+            SpooledRecord::from_record(seq, record, json)
+        })
+        .collect()
+}
+
+fn stored_files(device_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(device_dir.join(ATTACHMENTS_DIR))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| f.file_name().into_string().unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
 #[tokio::test]
-async fn stores_attachments_by_hash_and_rejects_unsafe_device_names() {
+async fn stores_attachments_by_hash_one_by_one_or_per_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    let spool = tmp.path().join("spool");
-    let blobs = BlobStore::new(&spool);
-    let content = b"\x89PNG image";
-    let sha = hex::encode(Sha256::digest(content));
-    let src = tmp.path().join("img.png");
-    fs::write(&src, content).unwrap();
-    blobs.put(&sha, &src).unwrap();
-    let mut record = sample_record("dev-a", "G1", "0");
-    record.attachments.push(AttachmentInfo {
-        guid: "AT".into(),
-        size: content.len() as u64,
-        sha256: Some(sha.clone()),
-        ..Default::default()
-    });
-    let json = seal_canonical(&mut record, 1, GENESIS_HASH);
+    let mut files = FilesByHash::default();
+    // 3 files: each made durable on its own; then 30 in one batch: two file-system syncs.
+    let records = chain_with_files(3 + 30, tmp.path(), &mut files);
     let s = sink(&tmp.path().join("archive"), 10);
-    s.deliver(&[SpooledRecord { seq: 1, record, json }], &blobs)
+    s.deliver(&records[..3], &files).await.unwrap();
+    s.deliver(&records[3..], &files).await.unwrap();
+    let device = tmp.path().join("archive/dev-a");
+    let mut expected: Vec<String> = files.0.keys().cloned().collect();
+    expected.sort();
+    assert_eq!(
+        stored_files(&device),
+        expected,
+        "every file, under its hash, no temporary left"
+    );
+    for (sha, source) in &files.0 {
+        assert_eq!(
+            fs::read(attachment_path(&device, sha)).unwrap(),
+            fs::read(source).unwrap()
+        );
+    }
+    assert_eq!(lines(&tmp.path().join("archive"), "dev-a").len(), 33);
+}
+
+#[tokio::test]
+async fn temporary_files_of_an_interrupted_batch_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = FilesByHash::default();
+    let records = chain_with_files(2, tmp.path(), &mut files);
+    let device = tmp.path().join("archive/dev-a");
+    sink(&tmp.path().join("archive"), 10)
+        .deliver(&records[..1], &files)
         .await
         .unwrap();
-    let stored = attachment_path(&tmp.path().join("archive/dev-a"), &sha);
-    assert_eq!(fs::read(stored).unwrap(), content);
+    let leftover = crate::sinks::files::temporary_name(&attachment_path(&device, &"ab".repeat(32)));
+    fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    fs::write(&leftover, b"half").unwrap();
+    sink(&tmp.path().join("archive"), 10)
+        .deliver(&records[1..], &files)
+        .await
+        .unwrap();
+    assert!(!leftover.exists());
+    assert_eq!(stored_files(&device).len(), 2);
+}
 
-    let mut evil = chain("../escape", 1);
-    evil[0].record.device.name = "../escape".into();
+#[tokio::test]
+async fn rejects_unsafe_device_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blobs = FilesByHash::default();
+    let s = sink(&tmp.path().join("archive"), 10);
+    let evil = chain("../escape", 1);
     assert!(matches!(s.deliver(&evil, &blobs).await, Err(SinkError::Permanent(_))));
 }
