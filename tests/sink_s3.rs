@@ -152,7 +152,7 @@ async fn stored_lines(admin: &Client, bucket: &str, device: &str) -> Vec<String>
 }
 
 fn spool_lines(batch: &[SpooledRecord]) -> Vec<String> {
-    batch.iter().map(|r| r.json.clone()).collect()
+    batch.iter().map(|r| r.json.to_string()).collect()
 }
 
 #[tokio::test]

@@ -37,7 +37,7 @@ impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
             batch_records: 2000,
-            batch_bytes: 4 << 20,
+            batch_bytes: 2 << 20,
             backoff: Backoff::default(),
             unhealthy_after: 3,
             probe_interval: Duration::from_secs(10),

@@ -12,29 +12,49 @@ use crate::api::record::ArchiveRecord;
 
 /// Seal `record` at `seq` after `prev_hash` and return its canonical JSON (with `hash`).
 pub fn seal_canonical(record: &mut ArchiveRecord, seq: u64, prev_hash: &str) -> String {
-    record.seq = seq;
-    record.prev_hash.clear();
-    record.prev_hash.push_str(prev_hash);
-    record.hash.clear();
-    // Every struct of the record declares its fields in name order, so serde writes each
-    // object key-sorted: the canonical form without building a JSON value first (pinned by
-    // `direct_serialisation_is_canonical_with_every_section_present`).
-    let unsealed = serde_json::to_string(&*record).expect("ArchiveRecord always serialises");
-    let hash = hex::encode(Sha256::digest(unsealed.as_bytes()));
-    // `hash` sorts right before `idempotency_key`, which every record has. The text
-    // `,"idempotency_key":` can only be that top-level member: inside strings quotes are
-    // escaped, and no nested object has such a member. So the sealed canonical JSON is the
-    // unsealed one with the member spliced in (pinned by a test against the slow path).
-    const NEXT: &str = ",\"idempotency_key\":";
-    let at = unsealed.find(NEXT).expect("every record has an idempotency_key");
-    let mut sealed = String::with_capacity(unsealed.len() + 80);
-    sealed.push_str(&unsealed[..at]);
-    sealed.push_str(",\"hash\":\"");
-    sealed.push_str(&hash);
-    sealed.push('"');
-    sealed.push_str(&unsealed[at..]);
-    record.hash = hash;
-    sealed
+    let mut sealer = Sealer::default();
+    sealer.seal(record, seq, prev_hash);
+    sealer.sealed
+}
+
+/// Seals records with reused buffers (the spool seals every record of a backfill).
+#[derive(Default)]
+pub struct Sealer {
+    unsealed: Vec<u8>,
+    sealed: String,
+}
+
+impl Sealer {
+    /// Seal `record` at `seq` after `prev_hash`: sets its chain fields and returns its
+    /// canonical JSON (valid until the next call) and its hash.
+    pub fn seal(&mut self, record: &mut ArchiveRecord, seq: u64, prev_hash: &str) -> (&str, [u8; 32]) {
+        record.seq = seq;
+        record.prev_hash.clear();
+        record.prev_hash.push_str(prev_hash);
+        record.hash.clear();
+        // Every struct of the record declares its fields in name order, so serde writes each
+        // object key-sorted: the canonical form without building a JSON value first (pinned by
+        // `direct_serialisation_is_canonical_with_every_section_present`).
+        self.unsealed.clear();
+        serde_json::to_writer(&mut self.unsealed, &*record).expect("ArchiveRecord always serialises");
+        let hash: [u8; 32] = Sha256::digest(&self.unsealed).into();
+        // `hash` sorts right before `idempotency_key`, which every record has. The text
+        // `,"idempotency_key":` can only be that top-level member: inside strings quotes are
+        // escaped, and no nested object has such a member. So the sealed canonical JSON is the
+        // unsealed one with the member spliced in (pinned by a test against the slow path).
+        const NEXT: &[u8] = b",\"idempotency_key\":";
+        let at = memchr::memmem::find(&self.unsealed, NEXT).expect("every record has an idempotency_key");
+        let hex = hex::encode(hash);
+        let unsealed = std::str::from_utf8(&self.unsealed).expect("serde_json writes UTF-8");
+        self.sealed.clear();
+        self.sealed.push_str(&unsealed[..at]);
+        self.sealed.push_str(",\"hash\":\"");
+        self.sealed.push_str(&hex);
+        self.sealed.push('"');
+        self.sealed.push_str(&unsealed[at..]);
+        record.hash = hex;
+        (&self.sealed, hash)
+    }
 }
 
 #[cfg(test)]

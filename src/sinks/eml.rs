@@ -283,7 +283,7 @@ pub fn record_eml(
         text,
         "application/json",
         format!("record-{}.json", rec.seq),
-        rec.json.clone().into_bytes(),
+        rec.json.as_bytes().to_vec(),
         attachments,
     ))
 }

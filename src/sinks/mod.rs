@@ -16,7 +16,7 @@ pub mod spooled;
 use async_trait::async_trait;
 
 pub use attachment::{Attachment, AttachmentStore};
-pub use spooled::{RecordMeta, SpooledRecord};
+pub use spooled::{RecordMeta, SpooledRecord, StoredJson};
 
 pub mod ca;
 pub mod eml;

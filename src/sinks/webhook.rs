@@ -141,7 +141,7 @@ impl WebhookSink {
             .header("X-Capturefleet-Seq", record.seq.to_string())
             .header("X-Capturefleet-Record-Sha256", &record.meta.hash)
             .header("X-Capturefleet-Device", device)
-            .body(record.json.clone())
+            .body(record.json.to_string())
             .send()
             .await
             .map_err(|e| SinkError::Transient(format!("webhook request failed: {}", error_chain(&e))))?;

@@ -11,13 +11,13 @@ use super::keys::KeyIndex;
 use super::segment::{self, Header};
 use super::state::Effect;
 use super::{Active, AppendOutcome, Appended, ChainHead, KEYS_DIR, SegmentRef, Spool, SpoolError, io_err, sync_dir};
-use crate::agent::seal::seal_canonical;
+
 use crate::agent::source::Draft;
 use crate::api::record::{ArchiveRecord, DecodeError, RECORD_SCHEMA};
 
 /// The frame buffer is written out (still uncommitted) once it holds this much, so a batch
 /// with large attachments does not pile up in memory.
-const WRITE_OUT_AT: usize = 4 << 20;
+const WRITE_OUT_AT: usize = 256 << 10;
 
 impl Spool {
     /// Seal and durably commit a batch of drafts (see the module docs). Drafts already
@@ -51,7 +51,7 @@ impl Spool {
         let mut frames = std::mem::take(&mut self.frames);
         frames.clear();
         let result = self.seal_and_write(drafts, &mut frames);
-        if frames.capacity() > 2 * WRITE_OUT_AT {
+        if frames.capacity() > 4 * WRITE_OUT_AT {
             frames = Vec::new();
         }
         self.frames = frames;
@@ -158,6 +158,7 @@ impl Spool {
         // 2. Seal the records.
         let mut head = self.head.clone();
         let mut head_pos = self.head_pos;
+        let mut prev_hash = frame::from_hex(&head.hash).unwrap_or([0; 32]);
         for (index, draft) in drafts.iter_mut().enumerate() {
             let record = &mut draft.record;
             let seq = head.seq + 1;
@@ -169,7 +170,7 @@ impl Spool {
                 staged.outcome.duplicates += 1;
                 continue;
             }
-            let json = seal_canonical(record, seq, head.next_prev_hash());
+            let (json, hash) = self.sealer.seal(record, seq, head.next_prev_hash());
             let files: Vec<[u8; 32]> = record
                 .attachments
                 .iter()
@@ -185,14 +186,15 @@ impl Spool {
                     kind: record.kind,
                     table: SourceTable::of(&record.source.table),
                     rowid: record.source.rowid,
-                    hash: frame::from_hex(&record.hash).expect("sealing writes a SHA-256"),
-                    prev_hash: frame::from_hex(&record.prev_hash).unwrap_or([0; 32]),
+                    hash,
+                    prev_hash,
                     key: &record.idempotency_key,
                     guid: &record.source.guid,
                     files,
-                    json: &json,
+                    json,
                 },
             );
+            prev_hash = hash;
             head_pos = self.active.first_pos + staged.file_len + frames.len() as u64 - segment::HEADER_LEN;
             head = ChainHead {
                 seq,

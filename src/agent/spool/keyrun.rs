@@ -67,6 +67,39 @@ pub struct Entry {
     pub key: Vec<u8>,
 }
 
+/// An entry to write, borrowing its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'k> {
+    /// [`key_hash`] of the key.
+    pub hash: u64,
+    /// Sequence number of the record that chained it.
+    pub seq: u64,
+    /// The idempotency key.
+    pub key: &'k [u8],
+}
+
+/// What [`write`] takes: owned or borrowed entries.
+pub trait AsEntry {
+    /// The entry, borrowed.
+    fn as_entry(&self) -> EntryRef<'_>;
+}
+
+impl AsEntry for Entry {
+    fn as_entry(&self) -> EntryRef<'_> {
+        EntryRef {
+            hash: self.hash,
+            seq: self.seq,
+            key: &self.key,
+        }
+    }
+}
+
+impl AsEntry for EntryRef<'_> {
+    fn as_entry(&self) -> EntryRef<'_> {
+        *self
+    }
+}
+
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
         (self.hash, &self.key, self.seq).cmp(&(other.hash, &other.key, other.seq))
@@ -100,7 +133,7 @@ fn invalid(path: &Path, what: &str) -> io::Error {
 /// Write `entries` (sorted by hash, then key) as a run at `path`: under a temporary name,
 /// fsync'd, renamed. The directory is not fsync'd (the caller does, once, before a checkpoint
 /// names the run).
-pub fn write(path: &Path, entries: impl IntoIterator<Item = Entry>) -> io::Result<Run> {
+pub fn write<E: AsEntry>(path: &Path, entries: impl IntoIterator<Item = E>) -> io::Result<Run> {
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp)?;
     let mut out = BufWriter::with_capacity(256 << 10, &file);
@@ -123,8 +156,9 @@ pub fn write(path: &Path, entries: impl IntoIterator<Item = Entry>) -> io::Resul
         io::Result::Ok(())
     };
     for entry in entries {
+        let entry = entry.as_entry();
         if let Some((hash, key)) = &last
-            && (*hash, key.as_slice()) > (entry.hash, entry.key.as_slice())
+            && (*hash, key.as_slice()) > (entry.hash, entry.key)
         {
             let _ = fs::remove_file(&tmp);
             return Err(io::Error::new(
@@ -147,7 +181,14 @@ pub fn write(path: &Path, entries: impl IntoIterator<Item = Entry>) -> io::Resul
         block.extend_from_slice(key);
         in_block += 1;
         count += 1;
-        last = Some((entry.hash, entry.key));
+        match &mut last {
+            Some((hash, prev)) => {
+                *hash = entry.hash;
+                prev.clear();
+                prev.extend_from_slice(entry.key);
+            }
+            None => last = Some((entry.hash, entry.key.to_vec())),
+        }
     }
     flush_block(&mut out, &mut block, &mut in_block, &mut offset)?;
     let index_offset = offset;

@@ -239,9 +239,10 @@ pub struct Spool {
     /// Deletion detection looks back this far (None: keep every live GUID).
     live_window_ns: Option<i64>,
     segment_max: u64,
-    /// Reused buffers: the batch's frames, and attachment content.
+    /// Reused buffers: the batch's frames, attachment content, sealing.
     frames: Vec<u8>,
     content: Vec<u8>,
+    sealer: crate::agent::seal::Sealer,
 }
 
 /// Margin kept beyond the rescan window in the live-GUID table (clock adjustments).

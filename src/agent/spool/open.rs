@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 
 use super::checkpoint::Checkpoint;
 use super::frame;
-use super::keyrun::key_hash;
 use super::keys::{self, KeyIndex};
 use super::segment::{self, End, Header, Scanned, Scanner};
 use super::state::{Derived, Effect};
@@ -108,6 +107,7 @@ impl Spool {
             segment_max: SEGMENT_MAX_BYTES,
             frames: Vec::new(),
             content: Vec::new(),
+            sealer: Default::default(),
         })
     }
 }
@@ -279,7 +279,7 @@ impl Replay {
                 r.seq, self.head.seq
             ));
         }
-        self.keys.insert(key_hash(r.key.as_bytes()), r.key.as_bytes(), r.seq);
+        self.keys.insert(r.key.as_bytes(), r.seq);
         self.derived.apply(
             &Effect {
                 kind: r.kind,

@@ -11,7 +11,7 @@ use super::cursors::Cursor;
 use super::frame;
 use super::segment::{self, End, Scanned, Scanner};
 use super::{ChainHead, LogView, Shared, SpoolError, io_err};
-use crate::sinks::{Attachment, AttachmentStore, RecordMeta, SpooledRecord};
+use crate::sinks::{Attachment, AttachmentStore, RecordMeta, SpooledRecord, StoredJson};
 
 /// Records read for one delivery, with the attachment files they name.
 #[derive(Default)]
@@ -134,7 +134,9 @@ impl SpoolReader {
             }
             _ => self.seek(&view, after)?,
         };
-        let mut bytes = 0usize;
+        // The batch's lines, back to back in one buffer the records share.
+        let mut text = String::with_capacity(max_bytes.min(256 << 10));
+        let mut read: Vec<(u64, std::ops::Range<usize>, RecordMeta)> = Vec::new();
         'segments: loop {
             let index = view
                 .segments
@@ -182,10 +184,11 @@ impl SpoolReader {
                                 }
                             }
                         }
-                        bytes += r.json.len();
-                        batch.records.push(SpooledRecord::stored(
+                        let start = text.len();
+                        text.push_str(r.json);
+                        read.push((
                             r.seq,
-                            r.json.to_owned(),
+                            start..text.len(),
                             RecordMeta {
                                 device: Arc::clone(&self.shared.device),
                                 hash: frame::to_hex(&r.hash),
@@ -195,13 +198,14 @@ impl SpoolReader {
                                 files,
                             },
                         ));
+                        text.push('\n');
                         at.seq = r.seq;
                         self.read_ends
                             .push((r.seq, first_pos + next_offset - segment::HEADER_LEN));
                     }
                 }
                 at.offset = next_offset;
-                if batch.records.len() >= max_records || bytes >= max_bytes || at.seq >= view.head.seq {
+                if read.len() >= max_records || text.len() >= max_bytes || at.seq >= view.head.seq {
                     break 'segments;
                 }
             }
@@ -220,6 +224,11 @@ impl SpoolReader {
             }
         }
         self.at = Some(at);
+        let text = Arc::new(text);
+        batch.records = read
+            .into_iter()
+            .map(|(seq, range, meta)| SpooledRecord::stored(seq, StoredJson::shared(Arc::clone(&text), range), meta))
+            .collect();
         Ok(batch)
     }
 

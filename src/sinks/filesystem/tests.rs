@@ -58,7 +58,7 @@ async fn writes_spool_bytes_in_rotated_segments_and_skips_redelivery() {
     s.deliver(&records[..4], &blobs).await.unwrap();
     s.deliver(&records[2..7], &blobs).await.unwrap(); // overlaps: 3 and 4 again
     let stored = lines(&tmp.path().join("archive"), "dev-a");
-    let expected: Vec<String> = records.iter().map(|r| r.json.clone()).collect();
+    let expected: Vec<String> = records.iter().map(|r| r.json.to_string()).collect();
     assert_eq!(stored, expected, "exactly the spool's bytes, once each");
     let mut segments: Vec<String> = fs::read_dir(tmp.path().join("archive/dev-a"))
         .unwrap()
@@ -122,7 +122,7 @@ async fn cuts_a_torn_trailing_line_and_removes_an_empty_segment() {
     fs::write(tmp.path().join("dev-a").join(segment_name(5)), b"").unwrap();
     sink(tmp.path(), 2).deliver(&records[3..], &blobs).await.unwrap();
     let stored = lines(tmp.path(), "dev-a");
-    assert_eq!(stored, records.iter().map(|r| r.json.clone()).collect::<Vec<_>>());
+    assert_eq!(stored, records.iter().map(|r| r.json.to_string()).collect::<Vec<_>>());
     assert!(!tmp.path().join("dev-a").join(segment_name(5)).exists());
 }
 

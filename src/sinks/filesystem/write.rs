@@ -12,14 +12,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{ATTACHMENTS_DIR, DeviceState, attachment_path, check_device_name, io_err, segment_name, sync_dir};
 use crate::api::record::GENESIS_HASH;
 use crate::sinks::files::{BatchPlacer, place_durably, sync_file_system};
-use crate::sinks::{Attachment, AttachmentStore, SinkError, SpooledRecord};
+use crate::sinks::{Attachment, AttachmentStore, SinkError, SpooledRecord, StoredJson};
 
 /// Up to this many new attachment files a batch makes each durable on its own; above it,
 /// the whole batch is made durable with two file-system syncs.
@@ -31,27 +30,22 @@ struct Item {
     device: Arc<str>,
     hash: String,
     prev_hash: String,
-    /// Its line (with the newline) in [`Prepared::text`].
-    line: Range<usize>,
+    /// Its stored JSON (shared with the batch, not copied).
+    json: StoredJson,
     /// (sha256, content) of the captured files it names.
     files: Vec<(String, Attachment)>,
 }
 
-/// A batch prepared for the blocking writer: every line in one buffer (copied once).
+/// A batch prepared for the blocking writer.
 pub struct Prepared {
-    text: Vec<u8>,
     items: Vec<Item>,
 }
 
 impl Prepared {
     /// Take what the writer needs from `batch` (no record is parsed).
     pub fn new(batch: &[SpooledRecord], attachments: &dyn AttachmentStore, sink: &str) -> Self {
-        let mut text = Vec::with_capacity(batch.iter().map(|r| r.json.len() + 1).sum());
         let mut items = Vec::with_capacity(batch.len());
         for spooled in batch {
-            let start = text.len();
-            text.extend_from_slice(spooled.json.as_bytes());
-            text.push(b'\n');
             let mut files = Vec::new();
             for sha256 in &spooled.meta.files {
                 match attachments.get(sha256) {
@@ -70,11 +64,11 @@ impl Prepared {
                 device: Arc::clone(&spooled.meta.device),
                 hash: spooled.meta.hash.clone(),
                 prev_hash: spooled.meta.prev_hash.clone(),
-                line: start..text.len(),
+                json: spooled.json.clone(),
                 files,
             });
         }
-        Prepared { text, items }
+        Prepared { items }
     }
 }
 
@@ -85,7 +79,7 @@ pub fn write_batch(
     devices: &mut HashMap<String, DeviceState>,
     batch: Prepared,
 ) -> Result<(), SinkError> {
-    let Prepared { text, items } = batch;
+    let Prepared { items } = batch;
     // 1. What is new, and does it continue each device's chain?
     let mut new_items = Vec::with_capacity(items.len());
     let mut expected: HashMap<Arc<str>, (u64, String)> = HashMap::new();
@@ -199,8 +193,20 @@ pub fn write_batch(
         while end < new_items.len() && *new_items[end].device == *device && ((end - i) as u64) < room {
             end += 1;
         }
-        let bytes = &text[new_items[i].line.start..new_items[end - 1].line.end];
-        file.write_all(bytes).map_err(io_err("write", &state.dir))?;
+        let run = &new_items[i..end];
+        match StoredJson::line_run(run.iter().map(|item| &item.json)) {
+            // The spool's batch buffer already holds these lines back to back.
+            Some(lines) => file.write_all(lines),
+            None => {
+                let mut lines = Vec::with_capacity(run.iter().map(|item| item.json.len() + 1).sum());
+                for item in run {
+                    lines.extend_from_slice(item.json.as_bytes());
+                    lines.push(b'\n');
+                }
+                file.write_all(&lines)
+            }
+        }
+        .map_err(io_err("write", &state.dir))?;
         *lines += (end - i) as u64;
         let last = &new_items[end - 1];
         state.last_seq = last.seq;
