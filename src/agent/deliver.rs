@@ -83,6 +83,55 @@ async fn with_reader<T: Send + 'static>(
     .expect("spool task does not panic")
 }
 
+/// What ended a caught-up delivery task's wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    /// The capture loop committed more.
+    Head,
+    /// Capture stopped: deliver what is left, then finish.
+    Drain,
+    /// Stop at once.
+    Abort,
+    /// Time to probe an idle sink's health.
+    Probe,
+}
+
+/// A caught-up delivery task waiting for something to do.
+#[derive(Default)]
+struct Waiting {
+    /// The capture loop has ended (its head sender is gone): no head will come any more, and
+    /// waiting on the closed channel would return at once, again and again.
+    capture_ended: bool,
+}
+
+impl Waiting {
+    async fn next(
+        &mut self,
+        head: &mut watch::Receiver<ChainHead>,
+        drain: &CancellationToken,
+        abort: &CancellationToken,
+        probe_every: Duration,
+    ) -> Woken {
+        tokio::select! {
+            changed = head.changed(), if !self.capture_ended => match changed {
+                Ok(()) => Woken::Head,
+                Err(_) => {
+                    self.capture_ended = true;
+                    // Only the drain, an abort or the probe can end the wait from now on.
+                    tokio::select! {
+                        _ = drain.cancelled() => Woken::Drain,
+                        _ = abort.cancelled() => Woken::Abort,
+                        _ = tokio::time::sleep(probe_every) => Woken::Probe,
+                    }
+                }
+            },
+            _ = drain.cancelled() => Woken::Drain,
+            _ = abort.cancelled() => Woken::Abort,
+            _ = tokio::time::sleep(probe_every) => Woken::Probe,
+        }
+    }
+}
+
 /// How often, at most, a busy sink is asked how many acknowledged records it still holds in
 /// its own journal ([`Sink::buffered`]); an idle sink is asked at each health probe.
 const BUFFERED_REFRESH: Duration = Duration::from_secs(2);
@@ -106,29 +155,30 @@ impl SinkDelivery {
             }
         };
         self.metrics.cursor.with_label_values(&[&name]).set(cursor as i64);
+        let pending = self.metrics.pending.with_label_values(&[&name]);
         let mut failures = 0u32;
         // Records acknowledged but still in the sink's own journal count as pending too.
         let mut buffered = self.buffered(&name).await.unwrap_or(0);
         let mut buffered_at = Instant::now();
+        let mut waiting = Waiting::default();
         loop {
             let head = self.head.borrow_and_update().seq;
             if cursor >= head && buffered_at.elapsed() >= BUFFERED_REFRESH {
                 buffered = self.buffered(&name).await.unwrap_or(buffered);
                 buffered_at = Instant::now();
             }
-            self.metrics
-                .pending
-                .with_label_values(&[&name])
-                .set(head.saturating_sub(cursor).saturating_add(buffered) as i64);
+            pending.set(head.saturating_sub(cursor).saturating_add(buffered) as i64);
             if cursor >= head {
                 if self.drain.is_cancelled() {
                     return cursor;
                 }
-                tokio::select! {
-                    _ = self.head.changed() => {}
-                    _ = self.drain.cancelled() => {}
-                    _ = self.abort.cancelled() => return cursor,
-                    _ = tokio::time::sleep(self.settings.probe_interval) => {
+                match waiting
+                    .next(&mut self.head, &self.drain, &self.abort, self.settings.probe_interval)
+                    .await
+                {
+                    Woken::Head | Woken::Drain => {}
+                    Woken::Abort => return cursor,
+                    Woken::Probe => {
                         self.probe(&name).await;
                         buffered = self.buffered(&name).await.unwrap_or(buffered);
                         buffered_at = Instant::now();
@@ -314,5 +364,39 @@ impl SinkDelivery {
             _ = tokio::time::sleep(duration) => false,
             _ = self.abort.cancelled() => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn once_the_capture_loop_is_gone_a_caught_up_task_waits_for_the_drain_instead_of_spinning() {
+        let (tx, mut head) = watch::channel(ChainHead::default());
+        let (drain, abort) = (CancellationToken::new(), CancellationToken::new());
+        let mut waiting = Waiting::default();
+        let probe = Duration::from_secs(3600);
+        tx.send_replace(ChainHead {
+            seq: 1,
+            hash: "h".into(),
+        });
+        assert_eq!(waiting.next(&mut head, &drain, &abort, probe).await, Woken::Head);
+        drop(tx);
+        // The closed channel must not end the wait: before the fix it did, at once, every time.
+        let early = tokio::time::timeout(
+            Duration::from_millis(100),
+            waiting.next(&mut head, &drain, &abort, probe),
+        )
+        .await;
+        assert!(early.is_err(), "woke up without anything to do: {early:?}");
+        let early = tokio::time::timeout(
+            Duration::from_millis(100),
+            waiting.next(&mut head, &drain, &abort, probe),
+        )
+        .await;
+        assert!(early.is_err(), "woke up without anything to do: {early:?}");
+        drain.cancel();
+        assert_eq!(waiting.next(&mut head, &drain, &abort, probe).await, Woken::Drain);
     }
 }
