@@ -19,7 +19,7 @@ use crate::api::record::{
 use crate::apple::codes::{self, Tapback};
 use crate::apple::epoch;
 use crate::apple::summary_info::SummaryInfo;
-use crate::apple::typedstream::AttributedBody;
+use crate::apple::typedstream;
 
 pub use crate::api::record::revision::{
     DELETED as REV_DELETED, METADATA as REV_METADATA, MISSING as REV_MISSING, ORIGINAL as REV_ORIGINAL,
@@ -139,14 +139,15 @@ impl Stamp<'_> {
 fn body(row: &MessageRow, summary: Option<&SummaryInfo>, errors: &mut Vec<DecodeError>) -> Option<Body> {
     let mut decoded = None;
     if let Some(blob) = &row.attributed_body {
-        match AttributedBody::from_typedstream(blob) {
-            Ok(b) => decoded = Some(b),
+        match typedstream::parts_from_typedstream(blob) {
+            Ok(parts) => decoded = Some(parts),
             Err(e) => errors.push(decode_error("attributedBody", e, blob)),
         }
     }
-    let (mut parts, origin) = match (&decoded, &row.text) {
-        (Some(b), _) => (
-            b.parts()
+    let decoded_some = decoded.is_some();
+    let (mut parts, origin) = match (decoded, &row.text) {
+        (Some(parts), _) => (
+            parts
                 .into_iter()
                 .map(|p| BodyPart {
                     index: p.index,
@@ -188,7 +189,7 @@ fn body(row: &MessageRow, summary: Option<&SummaryInfo>, errors: &mut Vec<Decode
     let text: String = parts.iter().map(|p| p.text.as_str()).collect();
     // A single plain part says nothing the text does not.
     let keep_parts = parts.len() > 1 || parts.iter().any(|p| p.attachment_guid.is_some() || p.index != 0);
-    let origin = if summary.is_some_and(|s| !s.history.is_empty()) && decoded.is_none() && row.text.is_none() {
+    let origin = if summary.is_some_and(|s| !s.history.is_empty()) && !decoded_some && row.text.is_none() {
         "message_summary_info"
     } else {
         origin

@@ -25,8 +25,9 @@
 pub mod attributed;
 pub mod decode;
 pub mod encode;
+pub mod fast;
 
-pub use attributed::{AttrValue, AttributedBody, Part, Run};
+pub use attributed::{AttrValue, AttributedBody, Part, Run, parts_from_typedstream};
 pub use decode::{DecodeError, Decoded, Object, Value};
 
 /// The stream version Messages writes.
@@ -60,6 +61,8 @@ pub const WRITING_DIRECTION_ATTRIBUTE: &str = "__kIMBaseWritingDirectionAttribut
 /// The object replacement character that marks an attachment's place in the text.
 pub const OBJECT_REPLACEMENT: char = '\u{FFFC}';
 
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod tests;
 
