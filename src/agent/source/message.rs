@@ -7,13 +7,27 @@ use rusqlite::{Connection, Row};
 
 use super::SourceError;
 
-/// The columns the reader uses, in this order (with the chat the message is in).
-pub const COLUMNS: &str = "m.ROWID, m.guid, m.text, m.attributedBody, m.service, m.handle_id, \
+/// The `message` columns the reader uses, in this order (a macro, so both column lists below
+/// are string literals).
+macro_rules! row_columns {
+    () => {
+        "m.ROWID, m.guid, m.text, m.attributedBody, m.service, m.handle_id, \
      m.destination_caller_id, m.account, m.subject, m.date, m.date_edited, m.date_retracted, m.is_from_me, \
      m.item_type, m.group_title, m.group_action_type, m.other_handle, m.associated_message_guid, \
      m.associated_message_type, m.associated_message_emoji, m.thread_originator_guid, m.thread_originator_part, \
-     m.message_summary_info, m.cache_has_attachments, \
-     (SELECT j.chat_id FROM chat_message_join j WHERE j.message_id = m.ROWID ORDER BY j.chat_id LIMIT 1)";
+     m.message_summary_info, m.cache_has_attachments"
+    };
+}
+
+/// The columns the reader uses, in this order (with the chat the message is in).
+pub const COLUMNS: &str = concat!(
+    row_columns!(),
+    ", (SELECT j.chat_id FROM chat_message_join j WHERE j.message_id = m.ROWID ORDER BY j.chat_id LIMIT 1)"
+);
+
+/// [`COLUMNS`] without the chat: reading rows by ROWID range, the chats of the whole range are
+/// looked up in one query ([`fill_chat_ids`]) instead of one subquery per row.
+const ROW_COLUMNS: &str = row_columns!();
 
 /// A column that could not be read as the type the reader expects.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,12 +235,50 @@ fn query_error(e: rusqlite::Error) -> SourceError {
 
 /// Rows with `ROWID > after`, in ROWID order, at most `limit`.
 pub fn after_rowid(conn: &Connection, after: i64, limit: usize) -> Result<Vec<MessageRow>, SourceError> {
-    let sql = format!("SELECT {COLUMNS} FROM message m WHERE m.ROWID > ?1 ORDER BY m.ROWID LIMIT ?2");
+    let sql = format!("SELECT {ROW_COLUMNS} FROM message m WHERE m.ROWID > ?1 ORDER BY m.ROWID LIMIT ?2");
     let mut stmt = conn.prepare_cached(&sql).map_err(query_error)?;
-    let rows = stmt
+    let mut rows: Vec<MessageRow> = stmt
         .query_map(rusqlite::params![after, limit as i64], |r| Ok(MessageRow::from_row(r)))
+        .map_err(query_error)?
+        .collect::<Result<_, _>>()
         .map_err(query_error)?;
-    rows.collect::<Result<_, _>>().map_err(query_error)
+    if let Some(last) = rows.last().map(|r| r.rowid) {
+        fill_chat_ids(conn, &mut rows, after, last)?;
+    }
+    Ok(rows)
+}
+
+/// Sets `chat_id` of `rows` (in ROWID order, every ROWID of `(after, upto]`) to what the
+/// subquery in [`COLUMNS`] gives: the first `chat_message_join.chat_id` in `ORDER BY chat_id`
+/// order, when it is an integer.
+fn fill_chat_ids(conn: &Connection, rows: &mut [MessageRow], after: i64, upto: i64) -> Result<(), SourceError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT j.message_id, j.chat_id FROM chat_message_join j \
+             WHERE j.message_id > ?1 AND j.message_id <= ?2 ORDER BY j.message_id, j.chat_id",
+        )
+        .map_err(query_error)?;
+    let mut joins = stmt.query([after, upto]).map_err(query_error)?;
+    let mut rows = rows.iter_mut().peekable();
+    let mut previous = None;
+    while let Some(j) = joins.next().map_err(query_error)? {
+        // A message_id that is not an integer equals no ROWID.
+        let Ok(ValueRef::Integer(message_id)) = j.get_ref(0) else {
+            continue;
+        };
+        if previous == Some(message_id) {
+            continue; // not the first chat of this message
+        }
+        previous = Some(message_id);
+        while rows.next_if(|r| r.rowid < message_id).is_some() {}
+        if let Some(row) = rows.next_if(|r| r.rowid == message_id) {
+            row.chat_id = match j.get_ref(1) {
+                Ok(ValueRef::Integer(n)) => Some(n),
+                _ => None,
+            };
+        }
+    }
+    Ok(())
 }
 
 /// Rows that may have changed in place since they were first read: dated at or after
@@ -318,4 +370,68 @@ pub fn recoverable_chat(conn: &Connection, rowid: i64) -> Result<Option<i64>, So
         table: "chat_recoverable_message_join",
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::source::attachment::{self, Lookup};
+
+    /// A database in Apple's schema whose join tables hold what a damaged or odd chat.db may:
+    /// messages in several chats, NULL, text and real chat ids, message ids that are not
+    /// integers, attachments referenced by several messages.
+    fn odd_database() -> Connection {
+        let conn = Connection::open_in_memory().expect("in-memory database");
+        conn.execute_batch(&crate::apple::schema::create_sql()).expect("schema");
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF; \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60) \
+             INSERT INTO message (ROWID, guid, date) SELECT i * 2, 'G' || i, i FROM n; \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9) \
+             INSERT INTO attachment (ROWID, guid, original_guid, filename) SELECT i, 'A' || i, 'A' || i, 'f' || i FROM n; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT 7, ROWID FROM message WHERE ROWID % 3 = 0; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT 4, ROWID FROM message WHERE ROWID % 4 = 0; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT NULL, ROWID FROM message WHERE ROWID % 10 = 0; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT 'c', ROWID FROM message WHERE ROWID % 14 = 0; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT 2.5, ROWID FROM message WHERE ROWID % 22 = 0; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT 1, ROWID + 0.5 FROM message; \
+             INSERT INTO chat_message_join (chat_id, message_id) VALUES (1, 'x'), (1, NULL); \
+             INSERT INTO message_attachment_join (message_id, attachment_id) \
+               SELECT ROWID, 1 + ROWID % 9 FROM message WHERE ROWID % 6 = 0; \
+             INSERT OR IGNORE INTO message_attachment_join (message_id, attachment_id) \
+               SELECT ROWID, 1 + ROWID % 5 FROM message WHERE ROWID % 8 = 0; \
+             INSERT INTO message_attachment_join (message_id, attachment_id) VALUES (3.5, 1), ('y', 2), (12, 99);",
+        )
+        .expect("rows");
+        conn
+    }
+
+    #[test]
+    fn batched_chat_and_attachment_lookups_match_the_per_row_queries() {
+        let conn = odd_database();
+        let per_row = |rowid: i64| by_rowids(&conn, &[rowid]).expect("row").pop().expect("exists").chat_id;
+        let mut after = 0;
+        let mut seen = 0;
+        loop {
+            let rows = after_rowid(&conn, after, 7).expect("rows");
+            let Some(last) = rows.last().map(|r| r.rowid) else {
+                break;
+            };
+            let mut lookup = Lookup::range(after, last);
+            for row in &rows {
+                assert_eq!(row.chat_id, per_row(row.rowid), "chat of {}", row.rowid);
+                assert_eq!(
+                    lookup.for_message(&conn, row.rowid).expect("batch"),
+                    attachment::for_message(&conn, row.rowid).expect("per message"),
+                    "attachments of {}",
+                    row.rowid
+                );
+                seen += 1;
+            }
+            after = last;
+        }
+        assert_eq!(seen, 60);
+        assert_eq!(per_row(12), Some(4), "the smallest chat");
+        assert_eq!(per_row(20), None, "a NULL chat sorts first");
+    }
 }

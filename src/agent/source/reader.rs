@@ -135,6 +135,13 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     }
 }
 
+fn query_error(e: rusqlite::Error) -> SourceError {
+    SourceError::Query {
+        table: "message",
+        reason: e.to_string(),
+    }
+}
+
 impl ChatDbReader {
     /// Opens chat.db read-only (through its WAL) and checks that it is a Messages database.
     pub fn open(config: &ReaderConfig) -> Result<Self, SourceError> {
@@ -310,7 +317,13 @@ impl ChatDbReader {
     }
 
     /// Builds the drafts of `rows` not yet archived, queueing them.
-    fn process_rows(&mut self, rows: &[MessageRow], index: &dyn ArchiveIndex, rescan: bool) -> Result<(), SourceError> {
+    fn process_rows(
+        &mut self,
+        rows: &[MessageRow],
+        index: &dyn ArchiveIndex,
+        rescan: bool,
+        attachments: &mut attachment::Lookup,
+    ) -> Result<(), SourceError> {
         let backfill_cutoff = self
             .config
             .capture
@@ -367,7 +380,8 @@ impl ChatDbReader {
                 .as_deref()
                 .is_some_and(|b| b.windows(3).any(|w| w == "\u{FFFC}".as_bytes()));
             let attachments = if row.has_attachments || shows_attachment {
-                attachment::for_message(conn, row.rowid)?
+                attachments
+                    .for_message(conn, row.rowid)?
                     .into_iter()
                     .map(|a| attachment::capture(a, &messages_dir, policy))
                     .collect::<Vec<_>>()
@@ -435,13 +449,19 @@ impl ChatDbReader {
         };
         let mut cursor = cursor;
         while self.pending.len() < limit {
+            // One read transaction per batch: its rows, chats and attachments are read from one
+            // snapshot, and SQLite takes the WAL read lock once instead of once per query. (On
+            // an error the poll drops the connection, and the transaction with it.)
+            self.conn().execute_batch("BEGIN").map_err(query_error)?;
             let rows = message::after_rowid(self.conn(), cursor, BATCH.min(limit.max(16)))?;
             let Some(last) = rows.last() else {
+                self.conn().execute_batch("COMMIT").map_err(query_error)?;
                 self.cursor = Some(cursor);
                 return Ok(true);
             };
             let last = last.rowid;
-            self.process_rows(&rows, index, false)?;
+            self.process_rows(&rows, index, false, &mut attachment::Lookup::range(cursor, last))?;
+            self.conn().execute_batch("COMMIT").map_err(query_error)?;
             cursor = last;
             self.cursor = Some(cursor);
         }
@@ -466,7 +486,7 @@ impl ChatDbReader {
                 .into_iter()
                 .filter(|r| self.settled_edits.get(&r.rowid).map(|(e, _)| *e) != Some(r.date_edited))
                 .collect();
-            self.process_rows(&changed, index, true)?;
+            self.process_rows(&changed, index, true, &mut attachment::Lookup::per_message())?;
             after = last;
             self.phase = Phase::Rescan { after };
         }
@@ -478,7 +498,7 @@ impl ChatDbReader {
         if !missing.is_empty() {
             let rows = message::by_rowids(self.conn(), &missing)?;
             let in_window: Vec<MessageRow> = rows.into_iter().filter(|r| r.date >= since_raw_window).collect();
-            self.process_rows(&in_window, index, true)?;
+            self.process_rows(&in_window, index, true, &mut attachment::Lookup::per_message())?;
         }
         Ok(true)
     }
