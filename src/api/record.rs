@@ -460,7 +460,13 @@ impl ArchiveRecord {
 
 /// Builds the idempotency key `device/guid/revision`.
 pub fn idempotency_key(device: &str, guid: &str, revision: &str) -> String {
-    format!("{device}/{guid}/{revision}")
+    let mut key = String::with_capacity(device.len() + guid.len() + revision.len() + 2);
+    key.push_str(device);
+    key.push('/');
+    key.push_str(guid);
+    key.push('/');
+    key.push_str(revision);
+    key
 }
 
 /// Builders of [`SourceRef::revision`] values.

@@ -67,12 +67,41 @@ pub fn rfc3339_from_unix_ns(unix_ns: i128) -> String {
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
+    let Some(year) = u32::try_from(y).ok().filter(|y| *y <= 9_999) else {
+        // Years before 0 (jiff's range reaches -9999): the formatter's sign and width rules.
+        return format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+            tod / 3600,
+            tod % 3600 / 60,
+            tod % 60
+        );
+    };
+    // The same text written digit by digit (this runs for every record).
+    let mut out = String::with_capacity(30);
+    push_digits(&mut out, year, 4);
+    out.push('-');
+    push_digits(&mut out, m, 2);
+    out.push('-');
+    push_digits(&mut out, d, 2);
+    out.push('T');
+    push_digits(&mut out, (tod / 3600) as u32, 2);
+    out.push(':');
+    push_digits(&mut out, (tod % 3600 / 60) as u32, 2);
+    out.push(':');
+    push_digits(&mut out, (tod % 60) as u32, 2);
+    out.push('.');
+    push_digits(&mut out, nanos, 9);
+    out.push('Z');
+    out
+}
+
+/// Appends `value` in decimal, zero-padded to `width` digits (`value` must fit).
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(b'0' + (value / div % 10) as u8));
+        div /= 10;
+    }
 }
 
 /// Proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (the well-known
@@ -126,6 +155,26 @@ mod tests {
             assert_eq!(ours, theirs);
             secs += 86_400 * 97 + 3_601;
         }
+    }
+
+    #[test]
+    fn digit_by_digit_matches_the_formatter() {
+        let mut ns: i128 = -400_000_000_000 * 1_000_000_000;
+        while ns < 300_000_000_000 * 1_000_000_000 {
+            let secs = ns.div_euclid(1_000_000_000) as i64;
+            let nanos = ns.rem_euclid(1_000_000_000) as u32;
+            let t = jiff::Timestamp::new(
+                secs.clamp(jiff::Timestamp::MIN.as_second(), jiff::Timestamp::MAX.as_second()),
+                0,
+            )
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%S")
+            .to_string();
+            assert_eq!(rfc3339_from_unix_ns(ns), format!("{t}.{nanos:09}Z"), "{ns}");
+            ns += 3_123_456_789_123_456_789;
+        }
+        assert_eq!(rfc3339_from_unix_ns(7), "1970-01-01T00:00:00.000000007Z");
+        assert!(rfc3339_from_unix_ns(i128::MAX).starts_with("9999-12-"));
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
     let Some(guid) = row.guid.as_deref() else {
         return vec![row_decode_error(stamp, row, date_ns, service, "the row has no guid")];
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(1 + ctx.attachments.len());
     let mut errors: Vec<DecodeError> = row
         .errors
         .iter()

@@ -268,12 +268,12 @@ impl ChatDbReader {
         match row.service.as_deref() {
             None | Some("") => true,
             Some(s) => {
-                let s = codes::canonical_service(s);
+                let s = codes::canonical_service_str(s);
                 self.config
                     .capture
                     .services
                     .iter()
-                    .any(|allowed| codes::canonical_service(allowed) == s)
+                    .any(|allowed| codes::canonical_service_str(allowed) == s)
             }
         }
     }
