@@ -16,6 +16,8 @@
 //! A record is never dropped because something could not be decoded: the undecodable field is
 //! carried in [`DecodeError`] with its raw bytes (base64) and the error.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -98,9 +100,10 @@ pub struct ArchiveRecord {
     pub captured_at: String,
     /// Which clock produced `captured_at`.
     pub clock: ClockInfo,
-    /// The conversation the event belongs to (absent only for rows in no chat).
+    /// The conversation the event belongs to (absent only for rows in no chat). Shared: every
+    /// record of a chat holds the same one (it serialises as the object itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conversation: Option<Conversation>,
+    pub conversation: Option<Arc<Conversation>>,
     /// Everything that could not be decoded, with the raw bytes. Never silently dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_errors: Vec<DecodeError>,

@@ -313,7 +313,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
     } else {
         Direction::Inbound
     };
-    let conversation = ctx.conversation.as_deref().cloned();
+    let conversation = ctx.conversation.clone();
     let fill = |r: &mut ArchiveRecord| {
         r.conversation = conversation.clone();
         r.sender = Some(sender.clone());
