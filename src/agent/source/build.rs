@@ -186,9 +186,14 @@ fn body(row: &MessageRow, summary: Option<&SummaryInfo>, errors: &mut Vec<Decode
     if parts.is_empty() && row.subject.is_none() {
         return None;
     }
-    let text: String = parts.iter().map(|p| p.text.as_str()).collect();
     // A single plain part says nothing the text does not.
     let keep_parts = parts.len() > 1 || parts.iter().any(|p| p.attachment_guid.is_some() || p.index != 0);
+    let text: String = if keep_parts {
+        parts.iter().map(|p| p.text.as_str()).collect()
+    } else {
+        // At most one part: its text is the whole text.
+        parts.pop().map(|p| p.text).unwrap_or_default()
+    };
     let origin = if summary.is_some_and(|s| !s.history.is_empty()) && !decoded_some && row.text.is_none() {
         "message_summary_info"
     } else {
@@ -196,7 +201,7 @@ fn body(row: &MessageRow, summary: Option<&SummaryInfo>, errors: &mut Vec<Decode
     };
     Some(Body {
         text,
-        parts: if keep_parts { parts } else { Vec::new() },
+        parts,
         subject: row.subject.clone(),
         origin: origin.to_owned(),
     })

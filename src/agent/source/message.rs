@@ -147,36 +147,58 @@ impl Cols<'_, '_> {
         }
     }
 
-    fn text(&mut self, i: usize, column: &'static str) -> Option<String> {
+    /// Reads a text column into `slot`, reusing its buffer.
+    fn text(&mut self, i: usize, column: &'static str, slot: &mut Option<String>) {
         match self.row.get_ref(i) {
-            Ok(ValueRef::Null) => None,
+            Ok(ValueRef::Null) => *slot = None,
             Ok(v @ (ValueRef::Text(b) | ValueRef::Blob(b))) => match std::str::from_utf8(b) {
-                Ok(s) => Some(s.to_owned()),
+                Ok(s) => match slot {
+                    Some(buf) => {
+                        buf.clear();
+                        buf.push_str(s);
+                    }
+                    None => *slot = Some(s.to_owned()),
+                },
                 Err(e) => {
                     self.fail(column, format!("not UTF-8: {e}"), v);
-                    Some(String::from_utf8_lossy(b).into_owned())
+                    *slot = Some(String::from_utf8_lossy(b).into_owned());
                 }
             },
-            Ok(ValueRef::Integer(n)) => Some(n.to_string()),
-            Ok(ValueRef::Real(f)) => Some(f.to_string()),
+            Ok(ValueRef::Integer(n)) => *slot = Some(n.to_string()),
+            Ok(ValueRef::Real(f)) => *slot = Some(f.to_string()),
             Err(e) => {
                 self.fail(column, e.to_string(), ValueRef::Null);
-                None
+                *slot = None;
             }
         }
     }
 
-    fn blob(&mut self, i: usize, column: &'static str) -> Option<Vec<u8>> {
+    /// [`Self::text`], with an empty text read as none.
+    fn non_empty_text(&mut self, i: usize, column: &'static str, slot: &mut Option<String>) {
+        self.text(i, column, slot);
+        if slot.as_deref() == Some("") {
+            *slot = None;
+        }
+    }
+
+    /// Reads a blob column into `slot`, reusing its buffer.
+    fn blob(&mut self, i: usize, column: &'static str, slot: &mut Option<Vec<u8>>) {
         match self.row.get_ref(i) {
-            Ok(ValueRef::Null) => None,
-            Ok(ValueRef::Blob(b) | ValueRef::Text(b)) => Some(b.to_vec()),
+            Ok(ValueRef::Null) => *slot = None,
+            Ok(ValueRef::Blob(b) | ValueRef::Text(b)) => match slot {
+                Some(buf) => {
+                    buf.clear();
+                    buf.extend_from_slice(b);
+                }
+                None => *slot = Some(b.to_vec()),
+            },
             Ok(v) => {
                 self.fail(column, "expected a blob".into(), v);
-                None
+                *slot = None;
             }
             Err(e) => {
                 self.fail(column, e.to_string(), ValueRef::Null);
-                None
+                *slot = None;
             }
         }
     }
@@ -185,44 +207,46 @@ impl Cols<'_, '_> {
 impl MessageRow {
     /// Reads a row selected with [`COLUMNS`].
     pub fn from_row(row: &Row<'_>) -> Self {
+        let mut m = MessageRow::default();
+        m.read(row);
+        m
+    }
+
+    /// [`Self::from_row`] into this row, reusing its strings' buffers.
+    pub fn read(&mut self, row: &Row<'_>) {
         let mut c = Cols {
             row,
             errors: Vec::new(),
         };
-        let mut m = MessageRow {
-            rowid: c.int(0, "ROWID"),
-            guid: c.text(1, "guid").filter(|g| !g.is_empty()),
-            text: c.text(2, "text"),
-            attributed_body: c.blob(3, "attributedBody"),
-            service: c.text(4, "service"),
-            handle_id: c.int(5, "handle_id"),
-            destination_caller_id: c.text(6, "destination_caller_id"),
-            account: c.text(7, "account"),
-            subject: c.text(8, "subject"),
-            date: c.int(9, "date"),
-            date_edited: c.int(10, "date_edited"),
-            date_retracted: c.int(11, "date_retracted"),
-            is_from_me: c.int(12, "is_from_me") != 0,
-            item_type: c.int(13, "item_type"),
-            group_title: c.text(14, "group_title"),
-            group_action_type: c.int(15, "group_action_type"),
-            other_handle: c.int(16, "other_handle"),
-            associated_message_guid: c.text(17, "associated_message_guid"),
-            associated_message_type: c.int(18, "associated_message_type"),
-            associated_message_emoji: c.text(19, "associated_message_emoji"),
-            thread_originator_guid: c.text(20, "thread_originator_guid").filter(|g| !g.is_empty()),
-            thread_originator_part: c.text(21, "thread_originator_part"),
-            summary_info: c.blob(22, "message_summary_info"),
-            has_attachments: c.int(23, "cache_has_attachments") != 0,
-            chat_id: None,
-            errors: Vec::new(),
-        };
-        m.chat_id = match row.get_ref(24) {
+        self.rowid = c.int(0, "ROWID");
+        c.non_empty_text(1, "guid", &mut self.guid);
+        c.text(2, "text", &mut self.text);
+        c.blob(3, "attributedBody", &mut self.attributed_body);
+        c.text(4, "service", &mut self.service);
+        self.handle_id = c.int(5, "handle_id");
+        c.text(6, "destination_caller_id", &mut self.destination_caller_id);
+        c.text(7, "account", &mut self.account);
+        c.text(8, "subject", &mut self.subject);
+        self.date = c.int(9, "date");
+        self.date_edited = c.int(10, "date_edited");
+        self.date_retracted = c.int(11, "date_retracted");
+        self.is_from_me = c.int(12, "is_from_me") != 0;
+        self.item_type = c.int(13, "item_type");
+        c.text(14, "group_title", &mut self.group_title);
+        self.group_action_type = c.int(15, "group_action_type");
+        self.other_handle = c.int(16, "other_handle");
+        c.text(17, "associated_message_guid", &mut self.associated_message_guid);
+        self.associated_message_type = c.int(18, "associated_message_type");
+        c.text(19, "associated_message_emoji", &mut self.associated_message_emoji);
+        c.non_empty_text(20, "thread_originator_guid", &mut self.thread_originator_guid);
+        c.text(21, "thread_originator_part", &mut self.thread_originator_part);
+        c.blob(22, "message_summary_info", &mut self.summary_info);
+        self.has_attachments = c.int(23, "cache_has_attachments") != 0;
+        self.chat_id = match row.get_ref(24) {
             Ok(ValueRef::Integer(n)) => Some(n),
             _ => None,
         };
-        m.errors = c.errors;
-        m
+        self.errors = c.errors;
     }
 }
 
@@ -235,17 +259,37 @@ fn query_error(e: rusqlite::Error) -> SourceError {
 
 /// Rows with `ROWID > after`, in ROWID order, at most `limit`.
 pub fn after_rowid(conn: &Connection, after: i64, limit: usize) -> Result<Vec<MessageRow>, SourceError> {
+    let mut rows = Vec::new();
+    let n = after_rowid_into(conn, after, limit, &mut rows)?;
+    rows.truncate(n);
+    Ok(rows)
+}
+
+/// [`after_rowid`] into the first rows of `rows`, reusing them (and their buffers) and adding
+/// rows as needed; returns how many were read. Rows past that are left as they were.
+pub fn after_rowid_into(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+    rows: &mut Vec<MessageRow>,
+) -> Result<usize, SourceError> {
     let sql = format!("SELECT {ROW_COLUMNS} FROM message m WHERE m.ROWID > ?1 ORDER BY m.ROWID LIMIT ?2");
     let mut stmt = conn.prepare_cached(&sql).map_err(query_error)?;
-    let mut rows: Vec<MessageRow> = stmt
-        .query_map(rusqlite::params![after, limit as i64], |r| Ok(MessageRow::from_row(r)))
-        .map_err(query_error)?
-        .collect::<Result<_, _>>()
+    let mut result = stmt
+        .query(rusqlite::params![after, limit as i64])
         .map_err(query_error)?;
-    if let Some(last) = rows.last().map(|r| r.rowid) {
-        fill_chat_ids(conn, &mut rows, after, last)?;
+    let mut n = 0;
+    while let Some(r) = result.next().map_err(query_error)? {
+        match rows.get_mut(n) {
+            Some(row) => row.read(r),
+            None => rows.push(MessageRow::from_row(r)),
+        }
+        n += 1;
     }
-    Ok(rows)
+    if let Some(last) = rows[..n].last().map(|r| r.rowid) {
+        fill_chat_ids(conn, &mut rows[..n], after, last)?;
+    }
+    Ok(n)
 }
 
 /// Sets `chat_id` of `rows` (in ROWID order, every ROWID of `(after, upto]`) to what the

@@ -63,6 +63,8 @@ pub struct ChatDbReader {
     handles: Handles,
     chats: Chats,
     pending: VecDeque<Draft>,
+    /// Rows of the last forward batch, kept for their buffers.
+    rows: Vec<MessageRow>,
     /// Last ROWID read forward (None before the first poll).
     cursor: Option<i64>,
     /// Rows at or below this ROWID existed when the reader started: the backfill window
@@ -163,6 +165,7 @@ impl ChatDbReader {
             handles: Handles::default(),
             chats: Chats::default(),
             pending: VecDeque::new(),
+            rows: Vec::new(),
             cursor: None,
             backfill_upto: 0,
             phase: Phase::Forward,
@@ -338,6 +341,7 @@ impl ChatDbReader {
             captured_at: epoch::rfc3339_from_apple_ns(now),
             now_apple_ns: now,
         };
+        let mut key = String::new();
         for row in rows {
             if !self.services_allow(row) {
                 continue;
@@ -351,16 +355,15 @@ impl ChatDbReader {
             }
             let guid = row.guid.as_deref().unwrap_or("");
             // Fast path: an ordinary, unedited row whose record is archived needs no work.
-            if !rescan
-                && row.date_edited == 0
-                && !row.has_attachments
-                && index.contains_key(&crate::api::record::idempotency_key(
-                    &stamp.device.name,
-                    guid,
-                    build::REV_ORIGINAL,
-                ))
-            {
-                continue;
+            if !rescan && row.date_edited == 0 && !row.has_attachments {
+                // The key idempotency_key() builds, in a reused buffer.
+                key.clear();
+                for piece in [stamp.device.name.as_str(), "/", guid, "/", build::REV_ORIGINAL] {
+                    key.push_str(piece);
+                }
+                if index.contains_key(&key) {
+                    continue;
+                }
             }
             let conn = self.conn.as_ref().expect("connected");
             let chat_id = match row.chat_id {
@@ -453,14 +456,17 @@ impl ChatDbReader {
             // snapshot, and SQLite takes the WAL read lock once instead of once per query. (On
             // an error the poll drops the connection, and the transaction with it.)
             self.conn().execute_batch("BEGIN").map_err(query_error)?;
-            let rows = message::after_rowid(self.conn(), cursor, BATCH.min(limit.max(16)))?;
-            let Some(last) = rows.last() else {
+            // The rows (and their buffers) are reused from batch to batch.
+            let mut rows = std::mem::take(&mut self.rows);
+            let n = message::after_rowid_into(self.conn(), cursor, BATCH.min(limit.max(16)), &mut rows)?;
+            let Some(last) = rows[..n].last().map(|r| r.rowid) else {
                 self.conn().execute_batch("COMMIT").map_err(query_error)?;
+                self.rows = rows;
                 self.cursor = Some(cursor);
                 return Ok(true);
             };
-            let last = last.rowid;
-            self.process_rows(&rows, index, false, &mut attachment::Lookup::range(cursor, last))?;
+            self.process_rows(&rows[..n], index, false, &mut attachment::Lookup::range(cursor, last))?;
+            self.rows = rows;
             self.conn().execute_batch("COMMIT").map_err(query_error)?;
             cursor = last;
             self.cursor = Some(cursor);

@@ -120,8 +120,8 @@ impl AttributedBody {
 
     /// Decodes an `attributedBody` (or an edit-history `t`) blob.
     pub fn from_typedstream(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match super::fast::decode(bytes) {
-            Some(fast) => Ok(fast.to_body()),
+        match super::fast::with_decoded(bytes, |fast| fast.map(|f| f.to_body())) {
+            Some(body) => Ok(body),
             None => Self::from_typedstream_generic(bytes),
         }
     }
@@ -154,8 +154,8 @@ impl AttributedBody {
 /// `AttributedBody::from_typedstream(bytes)?.parts()`, without building the body when the blob
 /// has the layout Messages writes.
 pub fn parts_from_typedstream(bytes: &[u8]) -> Result<Vec<Part>, DecodeError> {
-    match super::fast::decode(bytes) {
-        Some(fast) => Ok(fast.parts()),
+    match super::fast::with_decoded(bytes, |fast| fast.map(|f| f.parts())) {
+        Some(parts) => Ok(parts),
         None => Ok(AttributedBody::from_typedstream_generic(bytes)?.parts()),
     }
 }

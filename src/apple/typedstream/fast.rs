@@ -113,11 +113,9 @@ impl<T: Copy + Default, const N: usize> Table<T, N> {
     }
 }
 
-/// An `attributedBody` read by the fast path, borrowing from the blob.
-pub struct FastBody<'a> {
-    bytes: &'a [u8],
-    text: &'a str,
-    mutable: bool,
+/// The fast path's growable tables, reused from blob to blob.
+#[derive(Default)]
+pub struct Scratch {
     /// (attribute-dictionary index, length in UTF-16 units), in order.
     runs: Vec<(i64, usize)>,
     /// Each dictionary index's attributes, `attrs[start..end]` (the first one written wins).
@@ -125,7 +123,34 @@ pub struct FastBody<'a> {
     attrs: Vec<(Span, Attr)>,
 }
 
-impl<'a> FastBody<'a> {
+impl Scratch {
+    /// Entries kept between blobs; an unusual blob's bigger tables are given back.
+    const KEEP: usize = 256;
+
+    fn clear(&mut self) {
+        self.runs.clear();
+        self.dicts.clear();
+        self.attrs.clear();
+    }
+
+    fn trim(&mut self) {
+        self.runs.shrink_to(Self::KEEP);
+        self.dicts.shrink_to(Self::KEEP);
+        self.attrs.shrink_to(Self::KEEP);
+    }
+}
+
+/// An `attributedBody` read by the fast path, borrowing from the blob and the scratch tables.
+pub struct FastBody<'a, 's> {
+    bytes: &'a [u8],
+    text: &'a str,
+    mutable: bool,
+    runs: &'s [(i64, usize)],
+    dicts: &'s [(i64, u32, u32)],
+    attrs: &'s [(Span, Attr)],
+}
+
+impl<'a> FastBody<'a, '_> {
     fn str(&self, span: Span) -> &'a str {
         // Spans of strings were checked to be UTF-8 when read; this cannot fail.
         std::str::from_utf8(&self.bytes[span.0 as usize..span.1 as usize]).unwrap_or_default()
@@ -200,32 +225,60 @@ impl<'a> FastBody<'a> {
     }
 }
 
-/// Reads `bytes` if it is an attributed string in the layout Messages writes; None otherwise.
-pub fn decode(bytes: &[u8]) -> Option<FastBody<'_>> {
+/// Runs `f` on the fast path's reading of `bytes`: `Some` if it is an attributed string in the
+/// layout Messages writes, `None` otherwise. Uses this thread's scratch tables.
+pub fn with_decoded<R>(bytes: &[u8], f: impl FnOnce(Option<&FastBody<'_, '_>>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let out = f(decode_with(bytes, &mut scratch).as_ref());
+            scratch.trim();
+            out
+        }
+        // Called from inside `f`: tables of its own.
+        Err(_) => f(decode_with(bytes, &mut Scratch::default()).as_ref()),
+    })
+}
+
+/// Reads `bytes` (see [`with_decoded`]) using `scratch`'s tables.
+pub fn decode_with<'a, 's>(bytes: &'a [u8], scratch: &'s mut Scratch) -> Option<FastBody<'a, 's>> {
     if u32::try_from(bytes.len()).is_err() {
         return None;
     }
+    scratch.clear();
     let mut r = Reader {
         bytes,
         pos: 0,
         strings: Table::new(),
         table: Table::new(),
-        attrs: Vec::new(),
+        scratch,
     };
-    r.attributed_string()
+    let (text, mutable) = r.attributed_string()?;
+    let Reader { scratch, .. } = r;
+    let scratch: &'s Scratch = scratch;
+    Some(FastBody {
+        bytes,
+        text,
+        mutable,
+        runs: &scratch.runs,
+        dicts: &scratch.dicts,
+        attrs: &scratch.attrs,
+    })
 }
 
-struct Reader<'a> {
+struct Reader<'a, 's> {
     bytes: &'a [u8],
     pos: usize,
     /// Shared strings (type encodings, class names, C strings' contents).
     strings: Table<Span, CAP>,
     /// Objects, classes and C strings, as the generic decoder numbers them.
     table: Table<Entry, CAP>,
-    attrs: Vec<(Span, Attr)>,
+    scratch: &'s mut Scratch,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> Reader<'a, '_> {
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
@@ -434,7 +487,7 @@ impl<'a> Reader<'a> {
     fn dictionary_body(&mut self, slot: usize) -> Option<(u32, u32)> {
         self.expect_type(b"i")?;
         self.int()?;
-        let start = u32::try_from(self.attrs.len()).ok()?;
+        let start = u32::try_from(self.scratch.attrs.len()).ok()?;
         let mut key: Option<Span> = None;
         loop {
             if self.peek()? == TAG_END {
@@ -450,18 +503,19 @@ impl<'a> Reader<'a> {
                 },
                 Some(k) => {
                     if let Some(value) = item {
-                        self.attrs.push((k, value));
+                        self.scratch.attrs.push((k, value));
                     }
                 }
             }
         }
-        let end = u32::try_from(self.attrs.len()).ok()?;
+        let end = u32::try_from(self.scratch.attrs.len()).ok()?;
         self.table.set(slot, Entry::Dict(start, end));
         Some((start, end))
     }
 
     /// The whole stream: header, `@`, the attributed string, and nothing after it.
-    fn attributed_string(&mut self) -> Option<FastBody<'a>> {
+    /// Returns the text and whether the string is mutable; the runs are in the scratch tables.
+    fn attributed_string(&mut self) -> Option<(&'a str, bool)> {
         if self.int()? != STREAM_VERSION || self.int()? != SIGNATURE.len() as i64 {
             return None;
         }
@@ -493,8 +547,6 @@ impl<'a> Reader<'a> {
         }
         let text = self.string_body(string_slot)?;
         // The runs and their dictionaries.
-        let mut runs: Vec<(i64, usize)> = Vec::new();
-        let mut dicts: Vec<(i64, u32, u32)> = Vec::new();
         loop {
             if self.peek()? == TAG_END {
                 self.pos += 1;
@@ -505,7 +557,7 @@ impl<'a> Reader<'a> {
                 [a, b] if INTEGER_TYPES.contains(a) && INTEGER_TYPES.contains(b) => {
                     let idx = self.typed_int(*a)?;
                     let len = self.typed_int(*b)?;
-                    runs.push((idx, len.max(0) as usize));
+                    self.scratch.runs.push((idx, len.max(0) as usize));
                 }
                 b"@" => {
                     let range = match self.peek()? {
@@ -526,10 +578,10 @@ impl<'a> Reader<'a> {
                             _ => return None,
                         },
                     };
-                    if let (Some(&(idx, _)), Some((start, end))) = (runs.last(), range)
-                        && !dicts.iter().any(|(i, _, _)| *i == idx)
+                    if let (Some(&(idx, _)), Some((start, end))) = (self.scratch.runs.last(), range)
+                        && !self.scratch.dicts.iter().any(|(i, _, _)| *i == idx)
                     {
-                        dicts.push((idx, start, end));
+                        self.scratch.dicts.push((idx, start, end));
                     }
                 }
                 _ => return None,
@@ -540,13 +592,6 @@ impl<'a> Reader<'a> {
             return None;
         }
         let text = std::str::from_utf8(self.slice(text)).ok()?;
-        Some(FastBody {
-            bytes: self.bytes,
-            text,
-            mutable,
-            runs,
-            dicts,
-            attrs: std::mem::take(&mut self.attrs),
-        })
+        Some((text, mutable))
     }
 }
