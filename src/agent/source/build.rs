@@ -43,9 +43,9 @@ pub struct RowContext {
     /// The chat the row is in.
     pub conversation: Option<Arc<Conversation>>,
     /// `handle.id` of `handle_id`.
-    pub handle: Option<String>,
+    pub handle: Option<Arc<str>>,
     /// `handle.id` of `other_handle` (group membership changes).
-    pub other_handle: Option<String>,
+    pub other_handle: Option<Arc<str>>,
     /// The row's attachments, captured per policy.
     pub attachments: Vec<Captured>,
 }
@@ -254,8 +254,8 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
                 None
             },
             member: match action {
-                codes::GroupAction::MemberAdded | codes::GroupAction::MemberRemoved => ctx.other_handle.clone(),
-                codes::GroupAction::MemberLeft => ctx.handle.clone(),
+                codes::GroupAction::MemberAdded | codes::GroupAction::MemberRemoved => ctx.other_handle.as_deref().map(str::to_owned),
+                codes::GroupAction::MemberLeft => ctx.handle.as_deref().map(str::to_owned),
                 _ => None,
             },
             item_type: row.item_type,
@@ -309,7 +309,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
         }
     } else {
         Sender {
-            handle: ctx.handle.clone(),
+            handle: ctx.handle.as_deref().map(str::to_owned),
             is_from_me: false,
         }
     };

@@ -26,7 +26,7 @@ pub const COLUMNS: &str = concat!(
 );
 
 /// [`COLUMNS`] without the chat: reading rows by ROWID range, the chats of the whole range are
-/// looked up in one query ([`fill_chat_ids`]) instead of one subquery per row.
+/// looked up in one query (`chat_ids::fill`) instead of one subquery per row.
 const ROW_COLUMNS: &str = row_columns!();
 
 /// A column that could not be read as the type the reader expects.
@@ -287,42 +287,9 @@ pub fn after_rowid_into(
         n += 1;
     }
     if let Some(last) = rows[..n].last().map(|r| r.rowid) {
-        fill_chat_ids(conn, &mut rows[..n], after, last)?;
+        super::chat_ids::fill(conn, &mut rows[..n], after, last)?;
     }
     Ok(n)
-}
-
-/// Sets `chat_id` of `rows` (in ROWID order, every ROWID of `(after, upto]`) to what the
-/// subquery in [`COLUMNS`] gives: the first `chat_message_join.chat_id` in `ORDER BY chat_id`
-/// order, when it is an integer.
-fn fill_chat_ids(conn: &Connection, rows: &mut [MessageRow], after: i64, upto: i64) -> Result<(), SourceError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT j.message_id, j.chat_id FROM chat_message_join j \
-             WHERE j.message_id > ?1 AND j.message_id <= ?2 ORDER BY j.message_id, j.chat_id",
-        )
-        .map_err(query_error)?;
-    let mut joins = stmt.query([after, upto]).map_err(query_error)?;
-    let mut rows = rows.iter_mut().peekable();
-    let mut previous = None;
-    while let Some(j) = joins.next().map_err(query_error)? {
-        // A message_id that is not an integer equals no ROWID.
-        let Ok(ValueRef::Integer(message_id)) = j.get_ref(0) else {
-            continue;
-        };
-        if previous == Some(message_id) {
-            continue; // not the first chat of this message
-        }
-        previous = Some(message_id);
-        while rows.next_if(|r| r.rowid < message_id).is_some() {}
-        if let Some(row) = rows.next_if(|r| r.rowid == message_id) {
-            row.chat_id = match j.get_ref(1) {
-                Ok(ValueRef::Integer(n)) => Some(n),
-                _ => None,
-            };
-        }
-    }
-    Ok(())
 }
 
 /// Rows that may have changed in place since they were first read: dated at or after
@@ -447,6 +414,9 @@ mod tests {
              INSERT INTO chat_message_join (chat_id, message_id) SELECT NULL, ROWID FROM message WHERE ROWID % 10 = 0; \
              INSERT INTO chat_message_join (chat_id, message_id) SELECT 'c', ROWID FROM message WHERE ROWID % 14 = 0; \
              INSERT INTO chat_message_join (chat_id, message_id) SELECT 2.5, ROWID FROM message WHERE ROWID % 22 = 0; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT 7.5, ROWID FROM message WHERE ROWID % 8 = 0; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT -1.5, ROWID FROM message WHERE ROWID % 26 = 0; \
+             INSERT INTO chat_message_join (chat_id, message_id) SELECT x'01', ROWID FROM message WHERE ROWID % 34 = 0; \
              INSERT INTO chat_message_join (chat_id, message_id) SELECT 1, ROWID + 0.5 FROM message; \
              INSERT INTO chat_message_join (chat_id, message_id) VALUES (1, 'x'), (1, NULL); \
              INSERT INTO message_attachment_join (message_id, attachment_id) \
@@ -499,5 +469,7 @@ mod tests {
         assert_eq!(seen, 60);
         assert_eq!(per_row(12), Some(4), "the smallest chat");
         assert_eq!(per_row(20), None, "a NULL chat sorts first");
+        assert_eq!(per_row(16), Some(4), "an integer before a real");
+        assert_eq!(per_row(52), None, "a real before an integer");
     }
 }

@@ -167,7 +167,7 @@ impl<'a> FastBody<'a, '_> {
     fn attribute(&self, dict_index: i64, key: &str) -> Option<Attr> {
         self.attributes(dict_index)
             .iter()
-            .find(|(k, _)| self.str(*k) == key)
+            .find(|(k, _)| self.bytes.get(k.0 as usize..k.1 as usize) == Some(key.as_bytes()))
             .map(|(_, v)| *v)
     }
 
@@ -414,14 +414,14 @@ impl<'a> Reader<'a, '_> {
     }
 
     /// The rest of an `NSString`: `+` bytes (UTF-8), end.
-    fn string_body(&mut self, slot: usize) -> Option<Span> {
+    fn string_body(&mut self, slot: usize) -> Option<(Span, &'a str)> {
         self.expect_type(b"+")?;
         let n = self.length()?;
         let span = self.take(n)?;
-        std::str::from_utf8(self.slice(span)).ok()?;
+        let text = std::str::from_utf8(self.slice(span)).ok()?;
         self.end()?;
         self.table.set(slot, Entry::Str(span));
-        Some(span)
+        Some((span, text))
     }
 
     /// The rest of an integer `NSNumber`: `*` its Objective-C type, the value, end.
@@ -462,7 +462,7 @@ impl<'a> Reader<'a, '_> {
                 self.pos += 1;
                 let (slot, class) = self.object_header()?;
                 match class {
-                    Class::String | Class::MutableString => Some(Some(Attr::Str(self.string_body(slot)?))),
+                    Class::String | Class::MutableString => Some(Some(Attr::Str(self.string_body(slot)?.0))),
                     Class::Number => {
                         let (objc_type, value) = self.number_body(slot)?;
                         Some(Some(Attr::Int(objc_type, value)))
@@ -545,7 +545,7 @@ impl<'a> Reader<'a, '_> {
         if !matches!(string_class, Class::String | Class::MutableString) {
             return None;
         }
-        let text = self.string_body(string_slot)?;
+        let (_, text) = self.string_body(string_slot)?;
         // The runs and their dictionaries.
         loop {
             if self.peek()? == TAG_END {
@@ -591,7 +591,6 @@ impl<'a> Reader<'a, '_> {
         if self.pos != self.bytes.len() {
             return None;
         }
-        let text = std::str::from_utf8(self.slice(text)).ok()?;
         Some((text, mutable))
     }
 }
