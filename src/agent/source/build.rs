@@ -5,6 +5,7 @@
 //! Revisions (the last part of the idempotency key `device/guid/revision`) are documented on
 //! [`crate::api::record::SourceRef::revision`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -211,12 +212,21 @@ fn body(row: &MessageRow, summary: Option<&SummaryInfo>, errors: &mut Vec<Decode
 /// unsends, then one attachment record per attachment. Drafts whose key the index already
 /// holds are left out by the caller.
 pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<Draft> {
+    let mut out = VecDeque::new();
+    row_drafts_into(stamp, row, ctx, &mut out);
+    out.into()
+}
+
+/// [`row_drafts`], appended to `out` (where the reader queues them: a draft is a large value,
+/// and this moves it once instead of through a vector of its own).
+pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out: &mut VecDeque<Draft>) {
     let date_ns = epoch::normalize_to_ns(row.date);
     let service = row.service.as_deref().map(codes::canonical_service);
     let Some(guid) = row.guid.as_deref() else {
-        return vec![row_decode_error(stamp, row, date_ns, service, "the row has no guid")];
+        out.push_back(row_decode_error(stamp, row, date_ns, service, "the row has no guid"));
+        return;
     };
-    let mut out = Vec::with_capacity(1 + ctx.attachments.len());
+    let first = out.len();
     let mut errors: Vec<DecodeError> = row
         .errors
         .iter()
@@ -254,7 +264,9 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
                 None
             },
             member: match action {
-                codes::GroupAction::MemberAdded | codes::GroupAction::MemberRemoved => ctx.other_handle.as_deref().map(str::to_owned),
+                codes::GroupAction::MemberAdded | codes::GroupAction::MemberRemoved => {
+                    ctx.other_handle.as_deref().map(str::to_owned)
+                }
                 codes::GroupAction::MemberLeft => ctx.handle.as_deref().map(str::to_owned),
                 _ => None,
             },
@@ -327,7 +339,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
     fill(&mut record);
     record.attachments = ctx.attachments.iter().map(|c| c.info.clone()).collect();
     record.decode_errors = errors;
-    out.push(Draft {
+    out.push_back(Draft {
         record,
         files: Vec::new(),
     });
@@ -368,7 +380,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
                     &rev.raw,
                 ));
             }
-            out.push(Draft {
+            out.push_back(Draft {
                 record: r,
                 files: Vec::new(),
             });
@@ -389,7 +401,12 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             service.clone(),
         );
         fill(&mut r);
-        let text = out[0].record.body.as_ref().map(|b| b.text.clone()).unwrap_or_default();
+        let text = out[first]
+            .record
+            .body
+            .as_ref()
+            .map(|b| b.text.clone())
+            .unwrap_or_default();
         r.edit = Some(EditInfo {
             part: 0,
             revision: 0,
@@ -397,7 +414,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             text,
             original_text: None,
         });
-        out.push(Draft {
+        out.push_back(Draft {
             record: r,
             files: Vec::new(),
         });
@@ -424,7 +441,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             part: *part,
             unsent_at: epoch::rfc3339_from_apple_ns(at),
         });
-        out.push(Draft {
+        out.push_back(Draft {
             record: r,
             files: Vec::new(),
         });
@@ -456,9 +473,8 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             _ => Vec::new(),
         };
         r.attachments = vec![captured.info];
-        out.push(Draft { record: r, files });
+        out.push_back(Draft { record: r, files });
     }
-    out
 }
 
 fn row_decode_error(stamp: &Stamp<'_>, row: &MessageRow, date_ns: i64, service: Option<String>, why: &str) -> Draft {

@@ -137,6 +137,18 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     }
 }
 
+/// Whether an `attributedBody` shows an attachment: holds U+FFFC (bytes EF BF BC) anywhere.
+fn shows_object_replacement(blob: &[u8]) -> bool {
+    let mut rest = blob;
+    while let Some(i) = rest.iter().position(|&b| b == 0xEF) {
+        rest = &rest[i + 1..];
+        if rest.starts_with(&[0xBF, 0xBC]) {
+            return true;
+        }
+    }
+    false
+}
+
 fn query_error(e: rusqlite::Error) -> SourceError {
     SourceError::Query {
         table: "message",
@@ -378,10 +390,7 @@ impl ChatDbReader {
             let other_handle = self.handles.id(conn, row.other_handle)?;
             // Messages sets cache_has_attachments; a body showing an attachment (U+FFFC) is
             // checked too, in case a row lacks the flag.
-            let shows_attachment = row
-                .attributed_body
-                .as_deref()
-                .is_some_and(|b| b.windows(3).any(|w| w == "\u{FFFC}".as_bytes()));
+            let shows_attachment = row.attributed_body.as_deref().is_some_and(shows_object_replacement);
             let attachments = if row.has_attachments || shows_attachment {
                 attachments
                     .for_message(conn, row.rowid)?
@@ -395,10 +404,13 @@ impl ChatDbReader {
                 && attachments.iter().any(|a| a.info.missing && a.row.filename.is_some());
             if any_missing {
                 self.missing_attachments.insert(row.rowid);
-            } else {
+            } else if self.missing_attachments.last().is_some_and(|&m| m >= row.rowid) {
                 self.missing_attachments.remove(&row.rowid);
             }
-            let drafts = build::row_drafts(
+            // The row's drafts are queued, then those already archived (or, on a rescan, already
+            // queued before them) are taken out again, in order.
+            let start = self.pending.len();
+            build::row_drafts_into(
                 &stamp,
                 row,
                 RowContext {
@@ -407,17 +419,22 @@ impl ChatDbReader {
                     other_handle,
                     attachments,
                 },
+                &mut self.pending,
             );
-            let mut all_archived = true;
-            for d in drafts {
+            let mut kept = start;
+            for i in start..self.pending.len() {
+                let key = &self.pending[i].record.idempotency_key;
                 // A rescan in the same cycle as the forward pass sees rows whose drafts are
                 // still queued here (not yet handed out, so not yet in the index).
-                if index.contains_key(&d.record.idempotency_key) || (rescan && self.queued(&d.record.idempotency_key)) {
-                    continue;
+                let skip = index.contains_key(key)
+                    || (rescan && self.pending.range(..kept).any(|d| d.record.idempotency_key == *key));
+                if !skip {
+                    self.pending.swap(kept, i);
+                    kept += 1;
                 }
-                all_archived = false;
-                self.pending.push_back(d);
             }
+            self.pending.truncate(kept);
+            let all_archived = kept == start;
             if row.date_edited != 0 && all_archived {
                 self.settled_edits.insert(row.rowid, (row.date_edited, row.date));
             }
@@ -626,6 +643,24 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn object_replacement_is_found_anywhere() {
+        let fffc = "\u{FFFC}".as_bytes();
+        for blob in [&b"x\xEF\xBF\xBC"[..], fffc, b"\xEF\xEF\xBF\xBCy", b"ab\xEF\xBF\xBC\xEF"] {
+            assert!(shows_object_replacement(blob), "{blob:?}");
+        }
+        for blob in [
+            &b""[..],
+            b"\xEF",
+            b"\xEF\xBF",
+            b"\xEF\xBF\xBD",
+            b"\xBF\xBC",
+            b"\xEF\xBC\xBF",
+        ] {
+            assert!(!shows_object_replacement(blob), "{blob:?}");
+        }
     }
 
     #[test]
