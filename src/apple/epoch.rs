@@ -77,30 +77,23 @@ pub fn rfc3339_from_unix_ns(unix_ns: i128) -> String {
         );
     };
     // The same text written digit by digit (this runs for every record).
-    let mut out = String::with_capacity(30);
-    push_digits(&mut out, year, 4);
-    out.push('-');
-    push_digits(&mut out, m, 2);
-    out.push('-');
-    push_digits(&mut out, d, 2);
-    out.push('T');
-    push_digits(&mut out, (tod / 3600) as u32, 2);
-    out.push(':');
-    push_digits(&mut out, (tod % 3600 / 60) as u32, 2);
-    out.push(':');
-    push_digits(&mut out, (tod % 60) as u32, 2);
-    out.push('.');
-    push_digits(&mut out, nanos, 9);
-    out.push('Z');
-    out
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    put_digits(&mut text[0..4], year);
+    put_digits(&mut text[5..7], m);
+    put_digits(&mut text[8..10], d);
+    put_digits(&mut text[11..13], (tod / 3600) as u32);
+    put_digits(&mut text[14..16], (tod % 3600 / 60) as u32);
+    put_digits(&mut text[17..19], (tod % 60) as u32);
+    put_digits(&mut text[20..29], nanos);
+    // ASCII digits and separators: always UTF-8.
+    String::from_utf8(text.to_vec()).unwrap_or_default()
 }
 
-/// Appends `value` in decimal, zero-padded to `width` digits (`value` must fit).
-fn push_digits(out: &mut String, value: u32, width: u32) {
-    let mut div = 10u32.pow(width - 1);
-    while div > 0 {
-        out.push(char::from(b'0' + (value / div % 10) as u8));
-        div /= 10;
+/// Writes `value` in decimal into `digits`, zero-padded (`value` must fit).
+fn put_digits(digits: &mut [u8], mut value: u32) {
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 

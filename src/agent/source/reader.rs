@@ -429,7 +429,9 @@ impl ChatDbReader {
                 let skip = index.contains_key(key)
                     || (rescan && self.pending.range(..kept).any(|d| d.record.idempotency_key == *key));
                 if !skip {
-                    self.pending.swap(kept, i);
+                    if kept != i {
+                        self.pending.swap(kept, i);
+                    }
                     kept += 1;
                 }
             }

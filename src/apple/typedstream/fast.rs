@@ -1,7 +1,7 @@
 //! A fast path for the one layout Messages writes in `attributedBody` and in edit histories:
 //! an `NSAttributedString` (or `NSMutableAttributedString`) holding an `NSString` and runs
 //! whose attribute dictionaries map `NSString` keys to `NSString` or integer `NSNumber`
-//! values. It reads the stream in one pass, borrowing from the blob, with fixed-size tables.
+//! values. It reads the stream in one pass, borrowing from the blob, into tables it reuses.
 //!
 //! It reads exactly as the generic decoder does (same bytes, same tables, same back-references)
 //! but accepts only that layout, and only when the whole stream decodes: for anything else —
@@ -16,7 +16,7 @@ use super::{
     TAG_INT32, TAG_NEW, TAG_NIL,
 };
 
-/// Entries the fixed-size tables hold (a message with a dozen parts fits).
+/// Entries the shared-string and object tables may hold (a message with a dozen parts fits).
 const CAP: usize = 64;
 /// Deepest class chain followed (Messages' are three long).
 const MAX_CLASS_DEPTH: u32 = 8;
@@ -81,33 +81,26 @@ enum Attr {
     Int(char, i64),
 }
 
-/// A fixed-capacity table; pushing past its capacity fails (and the fast path gives up).
-struct Table<T: Copy + Default, const N: usize> {
-    items: [T; N],
-    len: usize,
-}
+/// A table of the stream (shared strings; objects, classes and C strings), kept in the
+/// scratch; pushing past [`CAP`] entries fails (and the fast path gives up).
+#[derive(Default)]
+struct Table<T: Copy>(Vec<T>);
 
-impl<T: Copy + Default, const N: usize> Table<T, N> {
-    fn new() -> Self {
-        Table {
-            items: [T::default(); N],
-            len: 0,
-        }
-    }
-
+impl<T: Copy> Table<T> {
     fn push(&mut self, item: T) -> Option<usize> {
-        let slot = self.items.get_mut(self.len)?;
-        *slot = item;
-        self.len += 1;
-        Some(self.len - 1)
+        if self.0.len() >= CAP {
+            return None;
+        }
+        self.0.push(item);
+        Some(self.0.len() - 1)
     }
 
     fn get(&self, i: usize) -> Option<T> {
-        if i < self.len { self.items.get(i).copied() } else { None }
+        self.0.get(i).copied()
     }
 
     fn set(&mut self, i: usize, item: T) {
-        if let Some(slot) = self.items.get_mut(i) {
+        if let Some(slot) = self.0.get_mut(i) {
             *slot = item;
         }
     }
@@ -121,6 +114,10 @@ pub struct Scratch {
     /// Each dictionary index's attributes, `attrs[start..end]` (the first one written wins).
     dicts: Vec<(i64, u32, u32)>,
     attrs: Vec<(Span, Attr)>,
+    /// Shared strings (type encodings, class names, C strings' contents).
+    strings: Table<Span>,
+    /// Objects, classes and C strings, as the generic decoder numbers them.
+    table: Table<Entry>,
 }
 
 impl Scratch {
@@ -131,6 +128,8 @@ impl Scratch {
         self.runs.clear();
         self.dicts.clear();
         self.attrs.clear();
+        self.strings.0.clear();
+        self.table.0.clear();
     }
 
     fn trim(&mut self) {
@@ -248,13 +247,7 @@ pub fn decode_with<'a, 's>(bytes: &'a [u8], scratch: &'s mut Scratch) -> Option<
         return None;
     }
     scratch.clear();
-    let mut r = Reader {
-        bytes,
-        pos: 0,
-        strings: Table::new(),
-        table: Table::new(),
-        scratch,
-    };
+    let mut r = Reader { bytes, pos: 0, scratch };
     let (text, mutable) = r.attributed_string()?;
     let Reader { scratch, .. } = r;
     let scratch: &'s Scratch = scratch;
@@ -271,10 +264,6 @@ pub fn decode_with<'a, 's>(bytes: &'a [u8], scratch: &'s mut Scratch) -> Option<
 struct Reader<'a, 's> {
     bytes: &'a [u8],
     pos: usize,
-    /// Shared strings (type encodings, class names, C strings' contents).
-    strings: Table<Span, CAP>,
-    /// Objects, classes and C strings, as the generic decoder numbers them.
-    table: Table<Entry, CAP>,
     scratch: &'s mut Scratch,
 }
 
@@ -326,7 +315,7 @@ impl<'a> Reader<'a, '_> {
     /// The table entry a back-reference points to.
     fn referenced(&mut self) -> Option<Entry> {
         let i = self.reference()?;
-        self.table.get(i)
+        self.scratch.table.get(i)
     }
 
     /// A shared string (new or a back-reference; nil is not accepted).
@@ -336,13 +325,13 @@ impl<'a> Reader<'a, '_> {
                 self.pos += 1;
                 let n = self.length()?;
                 let span = self.take(n)?;
-                self.strings.push(span)?;
+                self.scratch.strings.push(span)?;
                 Some(span)
             }
             TAG_NIL => None,
             _ => {
                 let i = self.reference()?;
-                self.strings.get(i)
+                self.scratch.strings.get(i)
             }
         }
     }
@@ -389,10 +378,10 @@ impl<'a> Reader<'a, '_> {
                 self.pos += 1;
                 let name = self.shared()?;
                 let _version = self.int()?;
-                let slot = self.table.push(Entry::Pending)?;
+                let slot = self.scratch.table.push(Entry::Pending)?;
                 let superclass = self.class(depth + 1)?;
                 let class = Class::of(name, superclass);
-                self.table.set(slot, Entry::Class(class));
+                self.scratch.table.set(slot, Entry::Class(class));
                 Some(Some(class))
             }
             TAG_NIL => {
@@ -408,7 +397,7 @@ impl<'a> Reader<'a, '_> {
 
     /// After `TAG_NEW` of an object: its table slot and class.
     fn object_header(&mut self) -> Option<(usize, Class)> {
-        let slot = self.table.push(Entry::Pending)?;
+        let slot = self.scratch.table.push(Entry::Pending)?;
         let class = self.class(0)??;
         Some((slot, class))
     }
@@ -420,7 +409,7 @@ impl<'a> Reader<'a, '_> {
         let span = self.take(n)?;
         let text = std::str::from_utf8(self.slice(span)).ok()?;
         self.end()?;
-        self.table.set(slot, Entry::Str(span));
+        self.scratch.table.set(slot, Entry::Str(span));
         Some((span, text))
     }
 
@@ -431,7 +420,7 @@ impl<'a> Reader<'a, '_> {
             TAG_NEW => {
                 self.pos += 1;
                 let span = self.shared_span()?;
-                self.table.push(Entry::CString(span))?;
+                self.scratch.table.push(Entry::CString(span))?;
                 self.slice(span)
             }
             TAG_NIL => return None,
@@ -451,7 +440,7 @@ impl<'a> Reader<'a, '_> {
         };
         let value = self.typed_int(ty)?;
         self.end()?;
-        self.table.set(slot, Entry::Number(objc_type, value));
+        self.scratch.table.set(slot, Entry::Number(objc_type, value));
         Some((objc_type, value))
     }
 
@@ -509,7 +498,7 @@ impl<'a> Reader<'a, '_> {
             }
         }
         let end = u32::try_from(self.scratch.attrs.len()).ok()?;
-        self.table.set(slot, Entry::Dict(start, end));
+        self.scratch.table.set(slot, Entry::Dict(start, end));
         Some((start, end))
     }
 
@@ -587,7 +576,7 @@ impl<'a> Reader<'a, '_> {
                 _ => return None,
             }
         }
-        self.table.set(slot, Entry::Object);
+        self.scratch.table.set(slot, Entry::Object);
         if self.pos != self.bytes.len() {
             return None;
         }
