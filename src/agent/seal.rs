@@ -68,7 +68,7 @@ pub(crate) mod tests {
                 table: "message".into(),
                 rowid: 7,
                 guid: guid.into(),
-                revision: revision.into(),
+                revision: revision.to_owned().into(),
                 service: Some("iMessage".into()),
             },
             conversation: Some(std::sync::Arc::new(Conversation {

@@ -365,7 +365,7 @@ impl KafkaSink {
                 })
                 .insert(Header {
                     key: "schema",
-                    value: Some(rec.record.schema.as_str()),
+                    value: Some(rec.record.schema.as_ref()),
                 });
             let key = message_key(&rec.record);
             let mut record = FutureRecord::to(&self.target.topic)

@@ -5,6 +5,7 @@
 //! Revisions (the last part of the idempotency key `device/guid/revision`) are documented on
 //! [`crate::api::record::SourceRef::revision`].
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -69,17 +70,18 @@ impl Stamp<'_> {
     pub fn record(
         &self,
         kind: RecordKind,
-        table: &str,
+        table: &'static str,
         rowid: i64,
         guid: &str,
-        revision: &str,
+        revision: impl Into<Cow<'static, str>>,
         event_ns: i64,
         service: Option<String>,
     ) -> ArchiveRecord {
+        let revision = revision.into();
         ArchiveRecord {
-            schema: RECORD_SCHEMA.to_owned(),
+            schema: Cow::Borrowed(RECORD_SCHEMA),
             kind,
-            idempotency_key: idempotency_key(&self.device.name, guid, revision),
+            idempotency_key: idempotency_key(&self.device.name, guid, &revision),
             seq: 0,
             prev_hash: String::new(),
             hash: String::new(),
@@ -88,14 +90,14 @@ impl Stamp<'_> {
             event_time_apple_ns: event_ns,
             captured_at: self.captured_at.clone(),
             clock: ClockInfo {
-                source: "system-realtime".to_owned(),
+                source: Cow::Borrowed("system-realtime"),
                 synchronized: None,
             },
             source: SourceRef {
-                table: table.to_owned(),
+                table: Cow::Borrowed(table),
                 rowid,
                 guid: guid.to_owned(),
-                revision: revision.to_owned(),
+                revision,
                 service,
             },
             conversation: None,
@@ -255,7 +257,7 @@ pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out
             codes::GroupAction::MemberLeft => RecordKind::GroupMemberLeft,
             codes::GroupAction::IconChanged | codes::GroupAction::IconRemoved => RecordKind::GroupIconChanged,
         };
-        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, service.clone());
+        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, None);
         record.group_event = Some(GroupEvent {
             action: action.as_str().to_owned(),
             new_name: if action == codes::GroupAction::Renamed {
@@ -283,7 +285,7 @@ pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out
         } else {
             RecordKind::ReactionRemoved
         };
-        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, service.clone());
+        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, None);
         let (target_guid, target_part) =
             codes::parse_associated_guid(row.associated_message_guid.as_deref().unwrap_or(""));
         record.reaction = Some(ReactionInfo {
@@ -300,7 +302,7 @@ pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out
         } else {
             RecordKind::Message
         };
-        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, service.clone());
+        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, None);
         record.body = body(row, summary.as_ref(), &mut errors);
         record.reply_to = row.thread_originator_guid.as_ref().map(|g| ReplyRef {
             originator_guid: g.clone(),
@@ -331,12 +333,6 @@ pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out
         Direction::Inbound
     };
     let conversation = ctx.conversation.clone();
-    let fill = |r: &mut ArchiveRecord| {
-        r.conversation = conversation.clone();
-        r.sender = Some(sender.clone());
-        r.direction = Some(direction);
-    };
-    fill(&mut record);
     record.attachments = ctx.attachments.iter().map(|c| c.info.clone()).collect();
     record.decode_errors = errors;
     out.push_back(Draft {
@@ -350,16 +346,7 @@ pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out
         for rev in summary.edits() {
             let at = rev.at_ns.unwrap_or(date_edited_ns);
             let revision = rev_edit(rev.part, rev.index);
-            let mut r = stamp.record(
-                RecordKind::Edit,
-                "message",
-                row.rowid,
-                guid,
-                &revision,
-                at,
-                service.clone(),
-            );
-            fill(&mut r);
+            let mut r = stamp.record(RecordKind::Edit, "message", row.rowid, guid, revision, at, None);
             let original = summary
                 .history
                 .get(&rev.part)
@@ -396,11 +383,10 @@ pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out
             "message",
             row.rowid,
             guid,
-            &revision,
+            revision,
             date_edited_ns,
-            service.clone(),
+            None,
         );
-        fill(&mut r);
         let text = out[first]
             .record
             .body
@@ -432,11 +418,10 @@ pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out
             "message",
             row.rowid,
             guid,
-            &rev_unsend(*part),
+            rev_unsend(*part),
             at,
-            service.clone(),
+            None,
         );
-        fill(&mut r);
         r.unsend = Some(UnsendInfo {
             part: *part,
             unsent_at: epoch::rfc3339_from_apple_ns(at),
@@ -465,15 +450,32 @@ pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out
             &aguid,
             revision,
             date_ns,
-            service.clone(),
+            None,
         );
-        fill(&mut r);
         let files = match (&captured.path, &captured.info.sha256) {
             (Some(p), Some(h)) => vec![(h.clone(), p.clone())],
             _ => Vec::new(),
         };
         r.attachments = vec![captured.info];
         out.push_back(Draft { record: r, files });
+    }
+
+    // What every record of the row carries: the conversation, the sender, the direction and the
+    // service (the last record takes the sender and service, the others copies).
+    let last = out.len().saturating_sub(1);
+    let mut sender = Some(sender);
+    let mut service = service;
+    for (i, d) in out.iter_mut().enumerate().skip(first) {
+        let r = &mut d.record;
+        r.conversation = conversation.clone();
+        r.direction = Some(direction);
+        if i == last {
+            r.sender = sender.take();
+            r.source.service = service.take();
+        } else {
+            r.sender = sender.clone();
+            r.source.service = service.clone();
+        }
     }
 }
 

@@ -471,7 +471,7 @@ impl Spool {
                                 .map_err(&err)?;
                         }
                     }
-                    let max = rowids.entry(record.source.table.clone()).or_insert(i64::MIN);
+                    let max = rowids.entry(record.source.table.to_string()).or_insert(i64::MIN);
                     *max = (*max).max(record.source.rowid);
                     head = ChainHead {
                         seq,
