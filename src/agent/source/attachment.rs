@@ -69,16 +69,19 @@ fn query_error(e: impl ToString) -> SourceError {
     }
 }
 
+/// [`for_message`]'s query (`+?1`: see `message::after_rowid_sql`).
+pub(super) const FOR_MESSAGE_SQL: &str = concat!(
+    "SELECT ",
+    attachment_columns!(),
+    " FROM message_attachment_join j JOIN attachment a ON a.ROWID = j.attachment_id \
+     WHERE j.message_id = +?1 ORDER BY a.ROWID"
+);
+
 /// The attachments of message `message_rowid`, in ROWID order.
 pub fn for_message(conn: &Connection, message_rowid: i64) -> Result<Vec<AttachmentRow>, SourceError> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        attachment_columns!(),
-        " FROM message_attachment_join j JOIN attachment a ON a.ROWID = j.attachment_id \
-         WHERE j.message_id = ?1 ORDER BY a.ROWID"
-    ))
-    .and_then(|mut s| s.query_map([message_rowid], attachment_row)?.collect())
-    .map_err(query_error)
+    conn.prepare_cached(FOR_MESSAGE_SQL)
+        .and_then(|mut s| s.query_map([message_rowid], attachment_row)?.collect())
+        .map_err(query_error)
 }
 
 /// How a batch of `message` rows finds its attachments: one query per message, or — for the

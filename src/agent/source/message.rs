@@ -265,6 +265,14 @@ pub fn after_rowid(conn: &Connection, after: i64, limit: usize) -> Result<Vec<Me
     Ok(rows)
 }
 
+/// The forward read. A parameter written `+?N` is the same value; written bare, SQLite reads
+/// it while planning (the LIMIT, or a comparison with an index's condition) and marks the
+/// statement to be prepared again whenever the parameter is bound again — which, through the
+/// statement cache (it clears bindings), meant on every use.
+fn after_rowid_sql() -> String {
+    format!("SELECT {ROW_COLUMNS} FROM message m WHERE m.ROWID > ?1 ORDER BY m.ROWID LIMIT +?2")
+}
+
 /// [`after_rowid`] into the first rows of `rows`, reusing them (and their buffers) and adding
 /// rows as needed; returns how many were read. Rows past that are left as they were.
 pub fn after_rowid_into(
@@ -273,8 +281,7 @@ pub fn after_rowid_into(
     limit: usize,
     rows: &mut Vec<MessageRow>,
 ) -> Result<usize, SourceError> {
-    let sql = format!("SELECT {ROW_COLUMNS} FROM message m WHERE m.ROWID > ?1 ORDER BY m.ROWID LIMIT ?2");
-    let mut stmt = conn.prepare_cached(&sql).map_err(query_error)?;
+    let mut stmt = conn.prepare_cached(&after_rowid_sql()).map_err(query_error)?;
     let mut result = stmt
         .query(rusqlite::params![after, limit as i64])
         .map_err(query_error)?;
@@ -318,10 +325,11 @@ pub fn edited_since(
     rows.collect::<Result<_, _>>().map_err(query_error)
 }
 
+/// See [`after_rowid_sql`] for the `+?4`.
 fn edited_since_sql() -> String {
     format!(
         "SELECT {COLUMNS} FROM message m WHERE m.date >= ?1 AND +m.ROWID > ?2 AND +m.ROWID <= ?3 \
-         AND +m.date_edited > 0 ORDER BY +m.ROWID LIMIT ?4"
+         AND +m.date_edited > 0 ORDER BY +m.ROWID LIMIT +?4"
     )
 }
 
@@ -378,18 +386,20 @@ pub fn existing_guids(
     Ok(out)
 }
 
+/// See [`after_rowid_sql`] for the `+?1`.
+const RECOVERABLE_CHAT_SQL: &str =
+    "SELECT chat_id FROM chat_recoverable_message_join WHERE message_id = +?1 ORDER BY chat_id LIMIT 1";
+
 /// The chat a message moved to Recently Deleted came from (`chat_recoverable_message_join`):
 /// a row deleted before the reader first saw it is still archived in its conversation.
 pub fn recoverable_chat(conn: &Connection, rowid: i64) -> Result<Option<i64>, SourceError> {
     use rusqlite::OptionalExtension;
-    conn.prepare_cached(
-        "SELECT chat_id FROM chat_recoverable_message_join WHERE message_id = ?1 ORDER BY chat_id LIMIT 1",
-    )
-    .and_then(|mut s| s.query_row([rowid], |r| r.get(0)).optional())
-    .map_err(|e| SourceError::Query {
-        table: "chat_recoverable_message_join",
-        reason: e.to_string(),
-    })
+    conn.prepare_cached(RECOVERABLE_CHAT_SQL)
+        .and_then(|mut s| s.query_row([rowid], |r| r.get(0)).optional())
+        .map_err(|e| SourceError::Query {
+            table: "chat_recoverable_message_join",
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -427,6 +437,36 @@ mod tests {
         )
         .expect("rows");
         conn
+    }
+
+    #[test]
+    fn cached_statements_are_not_prepared_again_at_each_use() {
+        let conn = odd_database();
+        conn.execute_batch(
+            "INSERT INTO handle (ROWID, id, service) VALUES (1, '+15550100', 'iMessage'); \
+             INSERT INTO chat (ROWID, guid) VALUES (10, 'C10'), (20, 'C20'), (30, 'C30'); \
+             INSERT INTO chat_handle_join (chat_id, handle_id) VALUES (10, 1), (20, 1), (30, 1);",
+        )
+        .expect("chats");
+        let mut chats = crate::agent::source::chat::Chats::default();
+        for after in [0, 10, 20, 30] {
+            after_rowid(&conn, after, 7).expect("rows");
+            edited_since(&conn, 1, after, 100, 7).expect("rows");
+            attachment::for_message(&conn, after + 12).expect("attachments");
+            recoverable_chat(&conn, after).expect("chat");
+            chats.clear();
+            chats.conversation(&conn, after).expect("chat");
+        }
+        for sql in [
+            after_rowid_sql(),
+            edited_since_sql(),
+            RECOVERABLE_CHAT_SQL.to_owned(),
+            attachment::FOR_MESSAGE_SQL.to_owned(),
+            crate::agent::source::chat::PARTICIPANTS_SQL.to_owned(),
+        ] {
+            let stmt = conn.prepare_cached(&sql).expect("cached");
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0, "{sql}");
+        }
     }
 
     #[test]
