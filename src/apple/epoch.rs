@@ -53,13 +53,23 @@ pub fn now_apple_ns() -> i64 {
 /// RFC 3339 UTC with nine fractional digits (`2024-01-01T00:00:00.000000000Z`) for
 /// Apple-epoch nanoseconds. Dates outside the proleptic range supported are clamped.
 pub fn rfc3339_from_apple_ns(apple_ns: i64) -> String {
-    rfc3339_from_unix_ns(apple_ns_to_unix_ns(apple_ns))
+    // As rfc3339_from_unix_ns(apple_ns_to_unix_ns(apple_ns)), in 64-bit arithmetic (128-bit
+    // division is a library call): the epochs differ by whole seconds, and Apple seconds plus
+    // the offset stay far inside i64.
+    let secs = apple_ns.div_euclid(NANOS_PER_SECOND) + APPLE_EPOCH_UNIX_SECONDS;
+    let nanos = apple_ns.rem_euclid(NANOS_PER_SECOND) as u32;
+    rfc3339_from_unix_parts(secs as i128, nanos)
 }
 
 /// RFC 3339 UTC with nine fractional digits for Unix nanoseconds.
 pub fn rfc3339_from_unix_ns(unix_ns: i128) -> String {
     let secs = unix_ns.div_euclid(NANOS_PER_SECOND as i128);
     let nanos = unix_ns.rem_euclid(NANOS_PER_SECOND as i128) as u32;
+    rfc3339_from_unix_parts(secs, nanos)
+}
+
+/// RFC 3339 for Unix seconds and nanoseconds (`0..10⁹`), seconds clamped to jiff's range.
+fn rfc3339_from_unix_parts(secs: i128, nanos: u32) -> String {
     let secs = secs.clamp(
         jiff::Timestamp::MIN.as_second() as i128,
         jiff::Timestamp::MAX.as_second() as i128,
@@ -168,6 +178,22 @@ mod tests {
         }
         assert_eq!(rfc3339_from_unix_ns(7), "1970-01-01T00:00:00.000000007Z");
         assert!(rfc3339_from_unix_ns(i128::MAX).starts_with("9999-12-"));
+    }
+
+    #[test]
+    fn apple_and_unix_paths_agree() {
+        let mut ns = i64::MIN;
+        for _ in 0..5_000 {
+            assert_eq!(
+                rfc3339_from_apple_ns(ns),
+                rfc3339_from_unix_ns(apple_ns_to_unix_ns(ns)),
+                "{ns}"
+            );
+            ns = ns.wrapping_add(3_689_348_814_741_910_323);
+        }
+        for ns in [i64::MIN, -1, 0, 1, 999_999_999, 1_000_000_000, i64::MAX] {
+            assert_eq!(rfc3339_from_apple_ns(ns), rfc3339_from_unix_ns(apple_ns_to_unix_ns(ns)));
+        }
     }
 
     #[test]
