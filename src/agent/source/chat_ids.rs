@@ -170,7 +170,7 @@ mod tests {
             Ordering::Greater
         );
         assert_eq!(
-            order(First::Integer(i64::MAX), First::Real(9.223_372_036_854_775_807e18)),
+            order(First::Integer(i64::MAX), First::Real(9_223_372_036_854_775_808.0)),
             Ordering::Less
         );
     }
