@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::decode::{self, DecodeError, Decoded, Object, Value};
+use super::graph_text::nsstring_text;
 use super::{FILE_TRANSFER_ATTRIBUTE, PART_ATTRIBUTE};
 
 /// Objective-C integer type characters an `NSNumber` attribute may carry.
@@ -242,20 +243,6 @@ impl<'t> Utf16Cursor<'t> {
 /// UTF-16 length of a string (how `NSString` counts).
 pub fn utf16_len(s: &str) -> usize {
     s.chars().map(char::len_utf16).sum()
-}
-
-fn nsstring_text(decoded: &Decoded, obj: &Object) -> Option<Result<String, DecodeError>> {
-    if !obj.is_a("NSString") {
-        return None;
-    }
-    obj.groups.iter().flatten().find_map(|v| match v {
-        Value::Bytes(b) => Some(String::from_utf8(b.clone()).map_err(|e| DecodeError::InvalidUtf8(e.to_string()))),
-        Value::Object(_) => {
-            let inner = decoded.object(v)?;
-            nsstring_text(decoded, inner)
-        }
-        _ => None,
-    })
 }
 
 fn attr_value(decoded: &Decoded, value: &Value) -> Option<AttrValue> {

@@ -26,6 +26,7 @@ pub mod attributed;
 pub mod decode;
 pub mod encode;
 pub mod fast;
+mod graph_text;
 
 pub use attributed::{AttrValue, AttributedBody, Part, Run, parts_from_typedstream};
 pub use decode::{DecodeError, Decoded, Object, Value};
