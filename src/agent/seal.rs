@@ -88,10 +88,10 @@ pub(crate) mod tests {
                 table: "message".into(),
                 rowid: 7,
                 guid: guid.into(),
-                revision: revision.into(),
+                revision: revision.to_owned().into(),
                 service: Some("iMessage".into()),
             },
-            conversation: Some(Conversation {
+            conversation: Some(std::sync::Arc::new(Conversation {
                 id: conversation_id("iMessage;-;+15550100"),
                 guid: "iMessage;-;+15550100".into(),
                 chat_identifier: "+15550100".into(),
@@ -100,7 +100,7 @@ pub(crate) mod tests {
                 display_name: None,
                 participants: vec!["+15550100".into()],
                 account: Some("e:adviser@example.com".into()),
-            }),
+            })),
             sender: Some(Sender {
                 handle: Some("+15550100".into()),
                 is_from_me: false,
@@ -146,7 +146,7 @@ pub(crate) mod tests {
         r.clock.synchronized = Some(false);
         r.source.service = Some("SMS".into());
         if let Some(c) = &mut r.conversation {
-            c.display_name = Some("Desk".into());
+            std::sync::Arc::make_mut(c).display_name = Some("Desk".into());
         }
         if let Some(b) = &mut r.body {
             b.subject = Some("Re: fees".into());

@@ -16,6 +16,9 @@
 //! A record is never dropped because something could not be decoded: the undecodable field is
 //! carried in [`DecodeError`] with its raw bytes (base64) and the error.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -98,9 +101,10 @@ pub struct ArchiveRecord {
     pub captured_at: String,
     /// Which clock produced `captured_at`.
     pub clock: ClockInfo,
-    /// The conversation the event belongs to (absent only for rows in no chat).
+    /// The conversation the event belongs to (absent only for rows in no chat). Shared: every
+    /// record of a chat holds the same one (it serialises as the object itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conversation: Option<Conversation>,
+    pub conversation: Option<Arc<Conversation>>,
     /// Everything that could not be decoded, with the raw bytes. Never silently dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_errors: Vec<DecodeError>,
@@ -140,7 +144,7 @@ pub struct ArchiveRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<ReplyRef>,
     /// Always [`RECORD_SCHEMA`].
-    pub schema: String,
+    pub schema: Cow<'static, str>,
     /// Who sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<Sender>,
@@ -174,7 +178,7 @@ pub struct DeviceInfo {
 #[serde(deny_unknown_fields)]
 pub struct ClockInfo {
     /// `system-realtime` (CLOCK_REALTIME of the agent's host).
-    pub source: String,
+    pub source: Cow<'static, str>,
     /// Whether the kernel reported the clock as NTP-synchronised at capture time, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synchronized: Option<bool>,
@@ -202,14 +206,14 @@ pub struct SourceRef {
     ///
     /// Every revision is a function of the database content alone, so re-reading the same
     /// state yields the same keys.
-    pub revision: String,
+    pub revision: Cow<'static, str>,
     /// The row's ROWID.
     pub rowid: i64,
     /// The Messages service: `iMessage`, `SMS`, `RCS`, `iMessageLite`, or what the row said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     /// The table (`message`, `attachment`, …).
-    pub table: String,
+    pub table: Cow<'static, str>,
 }
 
 /// A conversation (chat).
@@ -452,7 +456,7 @@ impl ArchiveRecord {
     pub fn from_json(line: &str) -> Result<Self, RecordError> {
         let record: ArchiveRecord = serde_json::from_str(line)?;
         if record.schema != RECORD_SCHEMA {
-            return Err(RecordError::Schema(record.schema));
+            return Err(RecordError::Schema(record.schema.into_owned()));
         }
         Ok(record)
     }
@@ -465,7 +469,13 @@ pub fn is_sha256_hex(s: &str) -> bool {
 }
 
 pub fn idempotency_key(device: &str, guid: &str, revision: &str) -> String {
-    format!("{device}/{guid}/{revision}")
+    let mut key = String::with_capacity(device.len() + guid.len() + revision.len() + 2);
+    key.push_str(device);
+    key.push('/');
+    key.push_str(guid);
+    key.push('/');
+    key.push_str(revision);
+    key
 }
 
 /// Builders of [`SourceRef::revision`] values.

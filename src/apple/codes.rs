@@ -171,13 +171,15 @@ pub const CHAT_STYLE_DIRECT: i64 = 45;
 /// Canonical service name for a `service` column value (`rcs` → `RCS`); unknown values pass
 /// through unchanged.
 pub fn canonical_service(raw: &str) -> String {
-    match raw.to_ascii_lowercase().as_str() {
-        "imessage" => "iMessage".into(),
-        "sms" => "SMS".into(),
-        "rcs" => "RCS".into(),
-        "imessagelite" => "iMessageLite".into(),
-        _ => raw.to_owned(),
-    }
+    canonical_service_str(raw).to_owned()
+}
+
+/// [`canonical_service`] without allocating.
+pub fn canonical_service_str(raw: &str) -> &str {
+    ["iMessage", "SMS", "RCS", "iMessageLite"]
+        .into_iter()
+        .find(|name| raw.eq_ignore_ascii_case(name))
+        .unwrap_or(raw)
 }
 
 #[cfg(test)]
@@ -231,5 +233,8 @@ mod tests {
         assert_eq!(canonical_service("rcs"), "RCS");
         assert_eq!(canonical_service("iMessage"), "iMessage");
         assert_eq!(canonical_service("Satellite"), "Satellite");
+        assert_eq!(canonical_service("imessagelite"), "iMessageLite");
+        assert_eq!(canonical_service("sMs"), "SMS");
+        assert_eq!(canonical_service_str("İmessage"), "İmessage", "ASCII case only");
     }
 }

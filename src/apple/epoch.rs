@@ -53,13 +53,23 @@ pub fn now_apple_ns() -> i64 {
 /// RFC 3339 UTC with nine fractional digits (`2024-01-01T00:00:00.000000000Z`) for
 /// Apple-epoch nanoseconds. Dates outside the proleptic range supported are clamped.
 pub fn rfc3339_from_apple_ns(apple_ns: i64) -> String {
-    rfc3339_from_unix_ns(apple_ns_to_unix_ns(apple_ns))
+    // As rfc3339_from_unix_ns(apple_ns_to_unix_ns(apple_ns)), in 64-bit arithmetic (128-bit
+    // division is a library call): the epochs differ by whole seconds, and Apple seconds plus
+    // the offset stay far inside i64.
+    let secs = apple_ns.div_euclid(NANOS_PER_SECOND) + APPLE_EPOCH_UNIX_SECONDS;
+    let nanos = apple_ns.rem_euclid(NANOS_PER_SECOND) as u32;
+    rfc3339_from_unix_parts(secs as i128, nanos)
 }
 
 /// RFC 3339 UTC with nine fractional digits for Unix nanoseconds.
 pub fn rfc3339_from_unix_ns(unix_ns: i128) -> String {
     let secs = unix_ns.div_euclid(NANOS_PER_SECOND as i128);
     let nanos = unix_ns.rem_euclid(NANOS_PER_SECOND as i128) as u32;
+    rfc3339_from_unix_parts(secs, nanos)
+}
+
+/// RFC 3339 for Unix seconds and nanoseconds (`0..10⁹`), seconds clamped to jiff's range.
+fn rfc3339_from_unix_parts(secs: i128, nanos: u32) -> String {
     let secs = secs.clamp(
         jiff::Timestamp::MIN.as_second() as i128,
         jiff::Timestamp::MAX.as_second() as i128,
@@ -67,12 +77,34 @@ pub fn rfc3339_from_unix_ns(unix_ns: i128) -> String {
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
+    let Some(year) = u32::try_from(y).ok().filter(|y| *y <= 9_999) else {
+        // Years before 0 (jiff's range reaches -9999): the formatter's sign and width rules.
+        return format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+            tod / 3600,
+            tod % 3600 / 60,
+            tod % 60
+        );
+    };
+    // The same text written digit by digit (this runs for every record).
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    put_digits(&mut text[0..4], year);
+    put_digits(&mut text[5..7], m);
+    put_digits(&mut text[8..10], d);
+    put_digits(&mut text[11..13], (tod / 3600) as u32);
+    put_digits(&mut text[14..16], (tod % 3600 / 60) as u32);
+    put_digits(&mut text[17..19], (tod % 60) as u32);
+    put_digits(&mut text[20..29], nanos);
+    // ASCII digits and separators: always UTF-8.
+    String::from_utf8(text.to_vec()).unwrap_or_default()
+}
+
+/// Writes `value` in decimal into `digits`, zero-padded (`value` must fit).
+fn put_digits(digits: &mut [u8], mut value: u32) {
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (the well-known
@@ -125,6 +157,42 @@ mod tests {
                 .to_string();
             assert_eq!(ours, theirs);
             secs += 86_400 * 97 + 3_601;
+        }
+    }
+
+    #[test]
+    fn digit_by_digit_matches_the_formatter() {
+        let mut ns: i128 = -400_000_000_000 * 1_000_000_000;
+        while ns < 300_000_000_000 * 1_000_000_000 {
+            let secs = ns.div_euclid(1_000_000_000) as i64;
+            let nanos = ns.rem_euclid(1_000_000_000) as u32;
+            let t = jiff::Timestamp::new(
+                secs.clamp(jiff::Timestamp::MIN.as_second(), jiff::Timestamp::MAX.as_second()),
+                0,
+            )
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%S")
+            .to_string();
+            assert_eq!(rfc3339_from_unix_ns(ns), format!("{t}.{nanos:09}Z"), "{ns}");
+            ns += 3_123_456_789_123_456_789;
+        }
+        assert_eq!(rfc3339_from_unix_ns(7), "1970-01-01T00:00:00.000000007Z");
+        assert!(rfc3339_from_unix_ns(i128::MAX).starts_with("9999-12-"));
+    }
+
+    #[test]
+    fn apple_and_unix_paths_agree() {
+        let mut ns = i64::MIN;
+        for _ in 0..5_000 {
+            assert_eq!(
+                rfc3339_from_apple_ns(ns),
+                rfc3339_from_unix_ns(apple_ns_to_unix_ns(ns)),
+                "{ns}"
+            );
+            ns = ns.wrapping_add(3_689_348_814_741_910_323);
+        }
+        for ns in [i64::MIN, -1, 0, 1, 999_999_999, 1_000_000_000, i64::MAX] {
+            assert_eq!(rfc3339_from_apple_ns(ns), rfc3339_from_unix_ns(apple_ns_to_unix_ns(ns)));
         }
     }
 

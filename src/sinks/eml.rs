@@ -228,7 +228,7 @@ pub fn record_eml(
     attachments: &[EmlAttachment],
 ) -> Result<Vec<u8>, SinkError> {
     let r = rec.record()?;
-    let conv = r.conversation.as_ref();
+    let conv = r.conversation.as_deref();
     let service = conv
         .map(|c| c.service.as_str())
         .or(r.source.service.as_deref())
@@ -315,9 +315,9 @@ pub fn day_eml(
     participants.dedup();
     let mut conv = r.conversation.clone();
     if let Some(c) = conv.as_mut() {
-        c.participants = participants;
+        std::sync::Arc::make_mut(c).participants = participants;
     }
-    let conv = conv.as_ref();
+    let conv = conv.as_deref();
     let service = conv.map(|c| c.service.as_str()).unwrap_or("Messages");
     let subject = format!(
         "[{service}] {} on {day} ({} events)",
@@ -416,7 +416,7 @@ mod tests {
             captured_at: "2024-03-09T10:00:01Z".into(),
             clock: ClockInfo::default(),
             source: SourceRef::default(),
-            conversation: Some(Conversation {
+            conversation: Some(std::sync::Arc::new(Conversation {
                 id: "c1".into(),
                 guid: "iMessage;+;chat1".into(),
                 chat_identifier: "chat1".into(),
@@ -425,7 +425,7 @@ mod tests {
                 display_name: Some("Zürich désk 🏦".into()),
                 participants: vec!["+15550100".into(), "zoë@example.com".into()],
                 account: None,
-            }),
+            })),
             sender: Some(Sender {
                 handle: Some("zoë@example.com".into()),
                 is_from_me: false,

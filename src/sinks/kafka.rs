@@ -367,7 +367,7 @@ impl KafkaSink {
                 })
                 .insert(Header {
                     key: "schema",
-                    value: Some(parsed.schema.as_str()),
+                    value: Some(parsed.schema.as_ref()),
                 });
             let key = message_key(parsed);
             let mut record = FutureRecord::to(&self.target.topic)

@@ -343,7 +343,7 @@ impl S3Sink {
                 ("first-seq", pos.to_string()),
                 ("last-seq", end.to_string()),
                 ("last-hash", record.meta.hash.clone()),
-                ("schema", record.record()?.schema.clone()),
+                ("schema", record.record()?.schema.to_string()),
             ];
             let written = self
                 .put_new(

@@ -345,10 +345,10 @@ mod tests {
             captured_at: time.into(),
             clock: ClockInfo::default(),
             source: SourceRef::default(),
-            conversation: Some(Conversation {
+            conversation: Some(std::sync::Arc::new(Conversation {
                 id: conv.into(),
                 ..Default::default()
-            }),
+            })),
             sender: None,
             direction: None,
             body: None,

@@ -140,7 +140,7 @@ pub fn records(device: &str, n: u64, attachments: &mut DirAttachments) -> Vec<Sp
                 revision: "0".into(),
                 service: Some("iMessage".into()),
             },
-            conversation: Some(conv),
+            conversation: Some(conv.into()),
             sender: Some(Sender {
                 handle: sender,
                 is_from_me: from_me,

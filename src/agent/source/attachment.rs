@@ -43,31 +43,150 @@ pub struct Captured {
     pub policy_skipped: bool,
 }
 
-/// The attachments of message `message_rowid`, in ROWID order.
-pub fn for_message(conn: &Connection, message_rowid: i64) -> Result<Vec<AttachmentRow>, SourceError> {
-    conn.prepare_cached(
-        "SELECT a.ROWID, a.guid, a.filename, a.transfer_name, a.mime_type, a.uti, a.total_bytes \
-         FROM message_attachment_join j JOIN attachment a ON a.ROWID = j.attachment_id \
-         WHERE j.message_id = ?1 ORDER BY a.ROWID",
-    )
-    .and_then(|mut s| {
-        s.query_map([message_rowid], |r| {
-            Ok(AttachmentRow {
-                rowid: r.get(0)?,
-                guid: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                filename: r.get(2)?,
-                transfer_name: r.get(3)?,
-                mime_type: r.get(4)?,
-                uti: r.get(5)?,
-                total_bytes: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
-            })
-        })?
-        .collect()
+/// The attachment columns, in the order [`attachment_row`] reads them.
+macro_rules! attachment_columns {
+    () => {
+        "a.ROWID, a.guid, a.filename, a.transfer_name, a.mime_type, a.uti, a.total_bytes"
+    };
+}
+
+fn attachment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttachmentRow> {
+    Ok(AttachmentRow {
+        rowid: r.get(0)?,
+        guid: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+        filename: r.get(2)?,
+        transfer_name: r.get(3)?,
+        mime_type: r.get(4)?,
+        uti: r.get(5)?,
+        total_bytes: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
     })
-    .map_err(|e| SourceError::Query {
+}
+
+fn query_error(e: impl ToString) -> SourceError {
+    SourceError::Query {
         table: "attachment",
         reason: e.to_string(),
-    })
+    }
+}
+
+/// [`for_message`]'s query (`+?1`: see `message::after_rowid_sql`).
+pub(super) const FOR_MESSAGE_SQL: &str = concat!(
+    "SELECT ",
+    attachment_columns!(),
+    " FROM message_attachment_join j JOIN attachment a ON a.ROWID = j.attachment_id \
+     WHERE j.message_id = +?1 ORDER BY a.ROWID"
+);
+
+/// The attachments of message `message_rowid`, in ROWID order.
+pub fn for_message(conn: &Connection, message_rowid: i64) -> Result<Vec<AttachmentRow>, SourceError> {
+    conn.prepare_cached(FOR_MESSAGE_SQL)
+        .and_then(|mut s| s.query_map([message_rowid], attachment_row)?.collect())
+        .map_err(query_error)
+}
+
+/// How a batch of `message` rows finds its attachments: one query per message, or — for the
+/// rows of a ROWID range — one query for the whole range, run when the first message asks.
+/// Either way each message gets what [`for_message`] returns, errors included.
+pub struct Lookup {
+    range: Option<(i64, i64)>,
+    batch: Option<Batch>,
+}
+
+/// The attachment rows of a ROWID range.
+struct Batch {
+    /// (message ROWID, its attachment row or why it could not be read), in message then
+    /// attachment ROWID order.
+    rows: Vec<(i64, Result<AttachmentRow, String>)>,
+    /// Messages from this ROWID on could not be read (the query failed there), and why.
+    failed_from: Option<(i64, String)>,
+}
+
+impl Lookup {
+    /// One query per message.
+    pub fn per_message() -> Self {
+        Lookup {
+            range: None,
+            batch: None,
+        }
+    }
+
+    /// One query for the messages with ROWID in `(after, upto]`. Only those may be asked for.
+    pub fn range(after: i64, upto: i64) -> Self {
+        Lookup {
+            range: Some((after, upto)),
+            batch: None,
+        }
+    }
+
+    /// The attachments of message `message_rowid`, as [`for_message`].
+    pub fn for_message(&mut self, conn: &Connection, message_rowid: i64) -> Result<Vec<AttachmentRow>, SourceError> {
+        let Some((after, upto)) = self.range.filter(|(a, u)| message_rowid > *a && message_rowid <= *u) else {
+            return for_message(conn, message_rowid);
+        };
+        let batch = self.batch.get_or_insert_with(|| Batch::read(conn, after, upto));
+        if let Some((from, reason)) = &batch.failed_from
+            && message_rowid >= *from
+        {
+            return Err(query_error(reason));
+        }
+        let start = batch.rows.partition_point(|(m, _)| *m < message_rowid);
+        batch.rows[start..]
+            .iter()
+            .take_while(|(m, _)| *m == message_rowid)
+            .map(|(_, r)| r.clone().map_err(query_error))
+            .collect()
+    }
+}
+
+impl Batch {
+    fn read(conn: &Connection, after: i64, upto: i64) -> Batch {
+        let mut batch = Batch {
+            rows: Vec::new(),
+            failed_from: None,
+        };
+        // The message ROWID comes last, so the columns (and their errors) are for_message's.
+        let stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            attachment_columns!(),
+            ", j.message_id FROM message_attachment_join j JOIN attachment a ON a.ROWID = j.attachment_id \
+             WHERE j.message_id > ?1 AND j.message_id <= ?2 ORDER BY j.message_id, a.ROWID"
+        ));
+        let mut stmt = match stmt {
+            Ok(s) => s,
+            Err(e) => {
+                batch.failed_from = Some((i64::MIN, e.to_string()));
+                return batch;
+            }
+        };
+        let mut rows = match stmt.query([after, upto]) {
+            Ok(r) => r,
+            Err(e) => {
+                batch.failed_from = Some((i64::MIN, e.to_string()));
+                return batch;
+            }
+        };
+        loop {
+            match rows.next() {
+                Ok(Some(r)) => {
+                    // A message_id that is not an integer equals no ROWID.
+                    let Ok(rusqlite::types::ValueRef::Integer(message_id)) = r.get_ref(7) else {
+                        continue;
+                    };
+                    batch
+                        .rows
+                        .push((message_id, attachment_row(r).map_err(|e| e.to_string())));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Messages before the last one reached are complete.
+                    let from = batch.rows.last().map_or(i64::MIN, |(m, _)| *m);
+                    batch.failed_from = Some((from, e.to_string()));
+                    break;
+                }
+            }
+        }
+        batch
+    }
 }
 
 /// Where a chat.db attachment path is on this machine: `~/Library/Messages/<rest>` (or any
@@ -91,16 +210,23 @@ pub fn resolve(messages_dir: &Path, filename: &str) -> PathBuf {
 pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
     let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
+    // One read buffer per thread, kept: a 64 KiB allocation per file cost more than reading
+    // a small file (freeing it made glibc consolidate its free lists each time).
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    BUF.with_borrow_mut(|buf| -> std::io::Result<()> {
+        buf.resize(64 * 1024, 0);
+        loop {
+            let n = file.read(buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+    })?;
     Ok((hex::encode(hasher.finalize()), size))
 }
 

@@ -5,6 +5,8 @@
 //! Revisions (the last part of the idempotency key `device/guid/revision`) are documented on
 //! [`crate::api::record::SourceRef::revision`].
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -19,7 +21,7 @@ use crate::api::record::{
 use crate::apple::codes::{self, Tapback};
 use crate::apple::epoch;
 use crate::apple::summary_info::SummaryInfo;
-use crate::apple::typedstream::AttributedBody;
+use crate::apple::typedstream;
 
 pub use crate::api::record::revision::{
     DELETED as REV_DELETED, METADATA as REV_METADATA, MISSING as REV_MISSING, ORIGINAL as REV_ORIGINAL,
@@ -43,9 +45,9 @@ pub struct RowContext {
     /// The chat the row is in.
     pub conversation: Option<Arc<Conversation>>,
     /// `handle.id` of `handle_id`.
-    pub handle: Option<String>,
+    pub handle: Option<Arc<str>>,
     /// `handle.id` of `other_handle` (group membership changes).
-    pub other_handle: Option<String>,
+    pub other_handle: Option<Arc<str>>,
     /// The row's attachments, captured per policy.
     pub attachments: Vec<Captured>,
 }
@@ -68,17 +70,18 @@ impl Stamp<'_> {
     pub fn record(
         &self,
         kind: RecordKind,
-        table: &str,
+        table: &'static str,
         rowid: i64,
         guid: &str,
-        revision: &str,
+        revision: impl Into<Cow<'static, str>>,
         event_ns: i64,
         service: Option<String>,
     ) -> ArchiveRecord {
+        let revision = revision.into();
         ArchiveRecord {
-            schema: RECORD_SCHEMA.to_owned(),
+            schema: Cow::Borrowed(RECORD_SCHEMA),
             kind,
-            idempotency_key: idempotency_key(&self.device.name, guid, revision),
+            idempotency_key: idempotency_key(&self.device.name, guid, &revision),
             seq: 0,
             prev_hash: String::new(),
             hash: String::new(),
@@ -87,14 +90,14 @@ impl Stamp<'_> {
             event_time_apple_ns: event_ns,
             captured_at: self.captured_at.clone(),
             clock: ClockInfo {
-                source: "system-realtime".to_owned(),
+                source: Cow::Borrowed("system-realtime"),
                 synchronized: None,
             },
             source: SourceRef {
-                table: table.to_owned(),
+                table: Cow::Borrowed(table),
                 rowid,
                 guid: guid.to_owned(),
-                revision: revision.to_owned(),
+                revision,
                 service,
             },
             conversation: None,
@@ -139,14 +142,15 @@ impl Stamp<'_> {
 fn body(row: &MessageRow, summary: Option<&SummaryInfo>, errors: &mut Vec<DecodeError>) -> Option<Body> {
     let mut decoded = None;
     if let Some(blob) = &row.attributed_body {
-        match AttributedBody::from_typedstream(blob) {
-            Ok(b) => decoded = Some(b),
+        match typedstream::parts_from_typedstream(blob) {
+            Ok(parts) => decoded = Some(parts),
             Err(e) => errors.push(decode_error("attributedBody", e, blob)),
         }
     }
-    let (mut parts, origin) = match (&decoded, &row.text) {
-        (Some(b), _) => (
-            b.parts()
+    let decoded_some = decoded.is_some();
+    let (mut parts, origin) = match (decoded, &row.text) {
+        (Some(parts), _) => (
+            parts
                 .into_iter()
                 .map(|p| BodyPart {
                     index: p.index,
@@ -185,17 +189,22 @@ fn body(row: &MessageRow, summary: Option<&SummaryInfo>, errors: &mut Vec<Decode
     if parts.is_empty() && row.subject.is_none() {
         return None;
     }
-    let text: String = parts.iter().map(|p| p.text.as_str()).collect();
     // A single plain part says nothing the text does not.
     let keep_parts = parts.len() > 1 || parts.iter().any(|p| p.attachment_guid.is_some() || p.index != 0);
-    let origin = if summary.is_some_and(|s| !s.history.is_empty()) && decoded.is_none() && row.text.is_none() {
+    let text: String = if keep_parts {
+        parts.iter().map(|p| p.text.as_str()).collect()
+    } else {
+        // At most one part: its text is the whole text.
+        parts.pop().map(|p| p.text).unwrap_or_default()
+    };
+    let origin = if summary.is_some_and(|s| !s.history.is_empty()) && !decoded_some && row.text.is_none() {
         "message_summary_info"
     } else {
         origin
     };
     Some(Body {
         text,
-        parts: if keep_parts { parts } else { Vec::new() },
+        parts,
         subject: row.subject.clone(),
         origin: origin.to_owned(),
     })
@@ -205,12 +214,21 @@ fn body(row: &MessageRow, summary: Option<&SummaryInfo>, errors: &mut Vec<Decode
 /// unsends, then one attachment record per attachment. Drafts whose key the index already
 /// holds are left out by the caller.
 pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<Draft> {
+    let mut out = VecDeque::new();
+    row_drafts_into(stamp, row, ctx, &mut out);
+    out.into()
+}
+
+/// [`row_drafts`], appended to `out` (where the reader queues them: a draft is a large value,
+/// and this moves it once instead of through a vector of its own).
+pub fn row_drafts_into(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext, out: &mut VecDeque<Draft>) {
     let date_ns = epoch::normalize_to_ns(row.date);
     let service = row.service.as_deref().map(codes::canonical_service);
     let Some(guid) = row.guid.as_deref() else {
-        return vec![row_decode_error(stamp, row, date_ns, service, "the row has no guid")];
+        out.push_back(row_decode_error(stamp, row, date_ns, service, "the row has no guid"));
+        return;
     };
-    let mut out = Vec::new();
+    let first = out.len();
     let mut errors: Vec<DecodeError> = row
         .errors
         .iter()
@@ -239,7 +257,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             codes::GroupAction::MemberLeft => RecordKind::GroupMemberLeft,
             codes::GroupAction::IconChanged | codes::GroupAction::IconRemoved => RecordKind::GroupIconChanged,
         };
-        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, service.clone());
+        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, None);
         record.group_event = Some(GroupEvent {
             action: action.as_str().to_owned(),
             new_name: if action == codes::GroupAction::Renamed {
@@ -248,8 +266,10 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
                 None
             },
             member: match action {
-                codes::GroupAction::MemberAdded | codes::GroupAction::MemberRemoved => ctx.other_handle.clone(),
-                codes::GroupAction::MemberLeft => ctx.handle.clone(),
+                codes::GroupAction::MemberAdded | codes::GroupAction::MemberRemoved => {
+                    ctx.other_handle.as_deref().map(str::to_owned)
+                }
+                codes::GroupAction::MemberLeft => ctx.handle.as_deref().map(str::to_owned),
                 _ => None,
             },
             item_type: row.item_type,
@@ -265,7 +285,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
         } else {
             RecordKind::ReactionRemoved
         };
-        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, service.clone());
+        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, None);
         let (target_guid, target_part) =
             codes::parse_associated_guid(row.associated_message_guid.as_deref().unwrap_or(""));
         record.reaction = Some(ReactionInfo {
@@ -282,7 +302,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
         } else {
             RecordKind::Message
         };
-        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, service.clone());
+        record = stamp.record(kind, "message", row.rowid, guid, REV_ORIGINAL, date_ns, None);
         record.body = body(row, summary.as_ref(), &mut errors);
         record.reply_to = row.thread_originator_guid.as_ref().map(|g| ReplyRef {
             originator_guid: g.clone(),
@@ -303,7 +323,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
         }
     } else {
         Sender {
-            handle: ctx.handle.clone(),
+            handle: ctx.handle.as_deref().map(str::to_owned),
             is_from_me: false,
         }
     };
@@ -312,16 +332,10 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
     } else {
         Direction::Inbound
     };
-    let conversation = ctx.conversation.as_deref().cloned();
-    let fill = |r: &mut ArchiveRecord| {
-        r.conversation = conversation.clone();
-        r.sender = Some(sender.clone());
-        r.direction = Some(direction);
-    };
-    fill(&mut record);
+    let conversation = ctx.conversation.clone();
     record.attachments = ctx.attachments.iter().map(|c| c.info.clone()).collect();
     record.decode_errors = errors;
-    out.push(Draft {
+    out.push_back(Draft {
         record,
         files: Vec::new(),
     });
@@ -332,16 +346,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
         for rev in summary.edits() {
             let at = rev.at_ns.unwrap_or(date_edited_ns);
             let revision = rev_edit(rev.part, rev.index);
-            let mut r = stamp.record(
-                RecordKind::Edit,
-                "message",
-                row.rowid,
-                guid,
-                &revision,
-                at,
-                service.clone(),
-            );
-            fill(&mut r);
+            let mut r = stamp.record(RecordKind::Edit, "message", row.rowid, guid, revision, at, None);
             let original = summary
                 .history
                 .get(&rev.part)
@@ -362,7 +367,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
                     &rev.raw,
                 ));
             }
-            out.push(Draft {
+            out.push_back(Draft {
                 record: r,
                 files: Vec::new(),
             });
@@ -378,12 +383,16 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             "message",
             row.rowid,
             guid,
-            &revision,
+            revision,
             date_edited_ns,
-            service.clone(),
+            None,
         );
-        fill(&mut r);
-        let text = out[0].record.body.as_ref().map(|b| b.text.clone()).unwrap_or_default();
+        let text = out[first]
+            .record
+            .body
+            .as_ref()
+            .map(|b| b.text.clone())
+            .unwrap_or_default();
         r.edit = Some(EditInfo {
             part: 0,
             revision: 0,
@@ -391,7 +400,7 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             text,
             original_text: None,
         });
-        out.push(Draft {
+        out.push_back(Draft {
             record: r,
             files: Vec::new(),
         });
@@ -409,16 +418,15 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             "message",
             row.rowid,
             guid,
-            &rev_unsend(*part),
+            rev_unsend(*part),
             at,
-            service.clone(),
+            None,
         );
-        fill(&mut r);
         r.unsend = Some(UnsendInfo {
             part: *part,
             unsent_at: epoch::rfc3339_from_apple_ns(at),
         });
-        out.push(Draft {
+        out.push_back(Draft {
             record: r,
             files: Vec::new(),
         });
@@ -442,17 +450,33 @@ pub fn row_drafts(stamp: &Stamp<'_>, row: &MessageRow, ctx: RowContext) -> Vec<D
             &aguid,
             revision,
             date_ns,
-            service.clone(),
+            None,
         );
-        fill(&mut r);
         let files = match (&captured.path, &captured.info.sha256) {
             (Some(p), Some(h)) => vec![(h.clone(), p.clone())],
             _ => Vec::new(),
         };
         r.attachments = vec![captured.info];
-        out.push(Draft { record: r, files });
+        out.push_back(Draft { record: r, files });
     }
-    out
+
+    // What every record of the row carries: the conversation, the sender, the direction and the
+    // service (the last record takes the sender and service, the others copies).
+    let last = out.len().saturating_sub(1);
+    let mut sender = Some(sender);
+    let mut service = service;
+    for (i, d) in out.iter_mut().enumerate().skip(first) {
+        let r = &mut d.record;
+        r.conversation = conversation.clone();
+        r.direction = Some(direction);
+        if i == last {
+            r.sender = sender.take();
+            r.source.service = service.take();
+        } else {
+            r.sender = sender.clone();
+            r.source.service = service.clone();
+        }
+    }
 }
 
 fn row_decode_error(stamp: &Stamp<'_>, row: &MessageRow, date_ns: i64, service: Option<String>, why: &str) -> Draft {

@@ -18,6 +18,10 @@ fn query_error(table: &'static str) -> impl Fn(rusqlite::Error) -> SourceError {
     }
 }
 
+/// A chat's participants (`+?1`: see `message::after_rowid_sql`).
+pub(super) const PARTICIPANTS_SQL: &str =
+    "SELECT h.id FROM chat_handle_join j JOIN handle h ON h.ROWID = j.handle_id WHERE j.chat_id = +?1";
+
 /// A cache of conversations by `chat.ROWID`, cleared when the database changes (renames and
 /// membership changes rewrite `chat` and `chat_handle_join`).
 #[derive(Default)]
@@ -60,10 +64,7 @@ impl Chats {
             None => None,
             Some((guid, identifier, service, style, display_name, last_addressed, login)) => {
                 let mut participants: Vec<String> = conn
-                    .prepare_cached(
-                        "SELECT h.id FROM chat_handle_join j JOIN handle h ON h.ROWID = j.handle_id \
-                         WHERE j.chat_id = ?1",
-                    )
+                    .prepare_cached(PARTICIPANTS_SQL)
                     .and_then(|mut s| {
                         s.query_map([rowid], |r| r.get::<_, String>(0))?
                             .collect::<Result<Vec<_>, _>>()

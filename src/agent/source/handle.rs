@@ -1,6 +1,7 @@
 //! The `handle` table: the other parties' addresses (phone numbers, e-mail addresses).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -9,7 +10,7 @@ use super::SourceError;
 /// A cache of `handle.ROWID → handle.id`, filled on demand, cleared when the database changes.
 #[derive(Default)]
 pub struct Handles {
-    ids: HashMap<i64, Option<String>>,
+    ids: HashMap<i64, Option<Arc<str>>>,
 }
 
 impl Handles {
@@ -19,21 +20,22 @@ impl Handles {
     }
 
     /// The address of handle `rowid` (None for 0 or a handle that does not exist).
-    pub fn id(&mut self, conn: &Connection, rowid: i64) -> Result<Option<String>, SourceError> {
+    pub fn id(&mut self, conn: &Connection, rowid: i64) -> Result<Option<Arc<str>>, SourceError> {
         if rowid <= 0 {
             return Ok(None);
         }
         if let Some(id) = self.ids.get(&rowid) {
             return Ok(id.clone());
         }
-        let id: Option<String> = conn
+        let id: Option<Arc<str>> = conn
             .prepare_cached("SELECT id FROM handle WHERE ROWID = ?1")
             .and_then(|mut s| s.query_row([rowid], |r| r.get::<_, Option<String>>(0)).optional())
             .map_err(|e| SourceError::Query {
                 table: "handle",
                 reason: e.to_string(),
             })?
-            .flatten();
+            .flatten()
+            .map(Arc::from);
         self.ids.insert(rowid, id.clone());
         Ok(id)
     }

@@ -31,7 +31,7 @@ impl MemoryIndex {
             return false;
         }
         self.records += 1;
-        let max = self.max_rowid.entry(r.source.table.clone()).or_insert(0);
+        let max = self.max_rowid.entry(r.source.table.to_string()).or_insert(0);
         *max = (*max).max(r.source.rowid);
         if r.kind == RecordKind::DeletionDetected {
             self.live.remove(&r.source.guid);

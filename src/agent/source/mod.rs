@@ -24,6 +24,7 @@ pub mod attachment;
 pub mod bench;
 pub mod build;
 pub mod chat;
+mod chat_ids;
 pub mod config;
 pub mod handle;
 pub mod memory_index;

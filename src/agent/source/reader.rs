@@ -63,6 +63,8 @@ pub struct ChatDbReader {
     handles: Handles,
     chats: Chats,
     pending: VecDeque<Draft>,
+    /// Rows of the last forward batch, kept for their buffers.
+    rows: Vec<MessageRow>,
     /// Last ROWID read forward (None before the first poll).
     cursor: Option<i64>,
     /// Rows at or below this ROWID existed when the reader started: the backfill window
@@ -135,6 +137,25 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     }
 }
 
+/// Whether an `attributedBody` shows an attachment: holds U+FFFC (bytes EF BF BC) anywhere.
+fn shows_object_replacement(blob: &[u8]) -> bool {
+    let mut rest = blob;
+    while let Some(i) = rest.iter().position(|&b| b == 0xEF) {
+        rest = &rest[i + 1..];
+        if rest.starts_with(&[0xBF, 0xBC]) {
+            return true;
+        }
+    }
+    false
+}
+
+fn query_error(e: rusqlite::Error) -> SourceError {
+    SourceError::Query {
+        table: "message",
+        reason: e.to_string(),
+    }
+}
+
 impl ChatDbReader {
     /// Opens chat.db read-only (through its WAL) and checks that it is a Messages database.
     pub fn open(config: &ReaderConfig) -> Result<Self, SourceError> {
@@ -156,6 +177,7 @@ impl ChatDbReader {
             handles: Handles::default(),
             chats: Chats::default(),
             pending: VecDeque::new(),
+            rows: Vec::new(),
             cursor: None,
             backfill_upto: 0,
             phase: Phase::Forward,
@@ -261,12 +283,12 @@ impl ChatDbReader {
         match row.service.as_deref() {
             None | Some("") => true,
             Some(s) => {
-                let s = codes::canonical_service(s);
+                let s = codes::canonical_service_str(s);
                 self.config
                     .capture
                     .services
                     .iter()
-                    .any(|allowed| codes::canonical_service(allowed) == s)
+                    .any(|allowed| codes::canonical_service_str(allowed) == s)
             }
         }
     }
@@ -310,7 +332,13 @@ impl ChatDbReader {
     }
 
     /// Builds the drafts of `rows` not yet archived, queueing them.
-    fn process_rows(&mut self, rows: &[MessageRow], index: &dyn ArchiveIndex, rescan: bool) -> Result<(), SourceError> {
+    fn process_rows(
+        &mut self,
+        rows: &[MessageRow],
+        index: &dyn ArchiveIndex,
+        rescan: bool,
+        attachments: &mut attachment::Lookup,
+    ) -> Result<(), SourceError> {
         let backfill_cutoff = self
             .config
             .capture
@@ -325,6 +353,7 @@ impl ChatDbReader {
             captured_at: epoch::rfc3339_from_apple_ns(now),
             now_apple_ns: now,
         };
+        let mut key = String::new();
         for row in rows {
             if !self.services_allow(row) {
                 continue;
@@ -338,16 +367,15 @@ impl ChatDbReader {
             }
             let guid = row.guid.as_deref().unwrap_or("");
             // Fast path: an ordinary, unedited row whose record is archived needs no work.
-            if !rescan
-                && row.date_edited == 0
-                && !row.has_attachments
-                && index.contains_key(&crate::api::record::idempotency_key(
-                    &stamp.device.name,
-                    guid,
-                    build::REV_ORIGINAL,
-                ))
-            {
-                continue;
+            if !rescan && row.date_edited == 0 && !row.has_attachments {
+                // The key idempotency_key() builds, in a reused buffer.
+                key.clear();
+                for piece in [stamp.device.name.as_str(), "/", guid, "/", build::REV_ORIGINAL] {
+                    key.push_str(piece);
+                }
+                if index.contains_key(&key) {
+                    continue;
+                }
             }
             let conn = self.conn.as_ref().expect("connected");
             let chat_id = match row.chat_id {
@@ -362,12 +390,10 @@ impl ChatDbReader {
             let other_handle = self.handles.id(conn, row.other_handle)?;
             // Messages sets cache_has_attachments; a body showing an attachment (U+FFFC) is
             // checked too, in case a row lacks the flag.
-            let shows_attachment = row
-                .attributed_body
-                .as_deref()
-                .is_some_and(|b| b.windows(3).any(|w| w == "\u{FFFC}".as_bytes()));
+            let shows_attachment = row.attributed_body.as_deref().is_some_and(shows_object_replacement);
             let attachments = if row.has_attachments || shows_attachment {
-                attachment::for_message(conn, row.rowid)?
+                attachments
+                    .for_message(conn, row.rowid)?
                     .into_iter()
                     .map(|a| attachment::capture(a, &messages_dir, policy))
                     .collect::<Vec<_>>()
@@ -378,10 +404,13 @@ impl ChatDbReader {
                 && attachments.iter().any(|a| a.info.missing && a.row.filename.is_some());
             if any_missing {
                 self.missing_attachments.insert(row.rowid);
-            } else {
+            } else if self.missing_attachments.last().is_some_and(|&m| m >= row.rowid) {
                 self.missing_attachments.remove(&row.rowid);
             }
-            let drafts = build::row_drafts(
+            // The row's drafts are queued, then those already archived (or, on a rescan, already
+            // queued before them) are taken out again, in order.
+            let start = self.pending.len();
+            build::row_drafts_into(
                 &stamp,
                 row,
                 RowContext {
@@ -390,17 +419,24 @@ impl ChatDbReader {
                     other_handle,
                     attachments,
                 },
+                &mut self.pending,
             );
-            let mut all_archived = true;
-            for d in drafts {
+            let mut kept = start;
+            for i in start..self.pending.len() {
+                let key = &self.pending[i].record.idempotency_key;
                 // A rescan in the same cycle as the forward pass sees rows whose drafts are
                 // still queued here (not yet handed out, so not yet in the index).
-                if index.contains_key(&d.record.idempotency_key) || (rescan && self.queued(&d.record.idempotency_key)) {
-                    continue;
+                let skip = index.contains_key(key)
+                    || (rescan && self.pending.range(..kept).any(|d| d.record.idempotency_key == *key));
+                if !skip {
+                    if kept != i {
+                        self.pending.swap(kept, i);
+                    }
+                    kept += 1;
                 }
-                all_archived = false;
-                self.pending.push_back(d);
             }
+            self.pending.truncate(kept);
+            let all_archived = kept == start;
             if row.date_edited != 0 && all_archived {
                 self.settled_edits.insert(row.rowid, (row.date_edited, row.date));
             }
@@ -435,13 +471,22 @@ impl ChatDbReader {
         };
         let mut cursor = cursor;
         while self.pending.len() < limit {
-            let rows = message::after_rowid(self.conn(), cursor, BATCH.min(limit.max(16)))?;
-            let Some(last) = rows.last() else {
+            // One read transaction per batch: its rows, chats and attachments are read from one
+            // snapshot, and SQLite takes the WAL read lock once instead of once per query. (On
+            // an error the poll drops the connection, and the transaction with it.)
+            self.conn().execute_batch("BEGIN").map_err(query_error)?;
+            // The rows (and their buffers) are reused from batch to batch.
+            let mut rows = std::mem::take(&mut self.rows);
+            let n = message::after_rowid_into(self.conn(), cursor, BATCH.min(limit.max(16)), &mut rows)?;
+            let Some(last) = rows[..n].last().map(|r| r.rowid) else {
+                self.conn().execute_batch("COMMIT").map_err(query_error)?;
+                self.rows = rows;
                 self.cursor = Some(cursor);
                 return Ok(true);
             };
-            let last = last.rowid;
-            self.process_rows(&rows, index, false)?;
+            self.process_rows(&rows[..n], index, false, &mut attachment::Lookup::range(cursor, last))?;
+            self.rows = rows;
+            self.conn().execute_batch("COMMIT").map_err(query_error)?;
             cursor = last;
             self.cursor = Some(cursor);
         }
@@ -466,7 +511,7 @@ impl ChatDbReader {
                 .into_iter()
                 .filter(|r| self.settled_edits.get(&r.rowid).map(|(e, _)| *e) != Some(r.date_edited))
                 .collect();
-            self.process_rows(&changed, index, true)?;
+            self.process_rows(&changed, index, true, &mut attachment::Lookup::per_message())?;
             after = last;
             self.phase = Phase::Rescan { after };
         }
@@ -478,7 +523,7 @@ impl ChatDbReader {
         if !missing.is_empty() {
             let rows = message::by_rowids(self.conn(), &missing)?;
             let in_window: Vec<MessageRow> = rows.into_iter().filter(|r| r.date >= since_raw_window).collect();
-            self.process_rows(&in_window, index, true)?;
+            self.process_rows(&in_window, index, true, &mut attachment::Lookup::per_message())?;
         }
         Ok(true)
     }
@@ -600,6 +645,24 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn object_replacement_is_found_anywhere() {
+        let fffc = "\u{FFFC}".as_bytes();
+        for blob in [&b"x\xEF\xBF\xBC"[..], fffc, b"\xEF\xEF\xBF\xBCy", b"ab\xEF\xBF\xBC\xEF"] {
+            assert!(shows_object_replacement(blob), "{blob:?}");
+        }
+        for blob in [
+            &b""[..],
+            b"\xEF",
+            b"\xEF\xBF",
+            b"\xEF\xBF\xBD",
+            b"\xBF\xBC",
+            b"\xEF\xBC\xBF",
+        ] {
+            assert!(!shows_object_replacement(blob), "{blob:?}");
+        }
     }
 
     #[test]

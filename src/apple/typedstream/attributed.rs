@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::decode::{self, DecodeError, Decoded, Object, Value};
+use super::graph_text::nsstring_text;
 use super::{FILE_TRANSFER_ATTRIBUTE, PART_ATTRIBUTE};
 
 /// Objective-C integer type characters an `NSNumber` attribute may carry.
@@ -120,6 +121,15 @@ impl AttributedBody {
 
     /// Decodes an `attributedBody` (or an edit-history `t`) blob.
     pub fn from_typedstream(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match super::fast::with_decoded(bytes, |fast| fast.map(|f| f.to_body())) {
+            Some(body) => Ok(body),
+            None => Self::from_typedstream_generic(bytes),
+        }
+    }
+
+    /// Decodes through the generic object graph only (what [`Self::from_typedstream`] falls
+    /// back to when the blob is not in the layout its fast path reads). For tests and fuzzing.
+    pub fn from_typedstream_generic(bytes: &[u8]) -> Result<Self, DecodeError> {
         let decoded = decode::decode(bytes)?;
         from_graph(&decoded)
     }
@@ -132,81 +142,107 @@ impl AttributedBody {
     /// The message parts: consecutive runs with the same part index, with their text.
     /// A body without runs is one part 0; text past the last run joins the last part.
     pub fn parts(&self) -> Vec<Part> {
-        let bounds = utf16_to_byte_offsets(&self.text);
-        let total16 = bounds.len() - 1;
-        let byte_at = |u16pos: usize| -> usize {
-            let p = u16pos.min(total16);
-            // A position inside a surrogate pair maps to the next char boundary.
-            bounds[p..].iter().flatten().next().copied().unwrap_or(self.text.len())
-        };
-        let mut parts: Vec<Part> = Vec::new();
-        let mut pos16 = 0usize;
-        for run in &self.runs {
-            let start = byte_at(pos16);
-            pos16 = pos16.saturating_add(run.len_utf16);
-            let end = byte_at(pos16);
-            let text = &self.text[start..end.max(start)];
-            let index = run.part_index().or_else(|| parts.last().map(|p| p.index)).unwrap_or(0);
-            match parts.last_mut() {
-                Some(last) if last.index == index => {
-                    last.text.push_str(text);
-                    if last.attachment_guid.is_none() {
-                        last.attachment_guid = run.file_transfer_guid().map(str::to_owned);
-                    }
+        parts_of(
+            &self.text,
+            self.runs
+                .iter()
+                .map(|r| (r.len_utf16, r.part_index(), r.file_transfer_guid())),
+        )
+    }
+}
+
+/// The message parts of an `attributedBody` blob: the same as
+/// `AttributedBody::from_typedstream(bytes)?.parts()`, without building the body when the blob
+/// has the layout Messages writes.
+pub fn parts_from_typedstream(bytes: &[u8]) -> Result<Vec<Part>, DecodeError> {
+    match super::fast::with_decoded(bytes, |fast| fast.map(|f| f.parts())) {
+        Some(parts) => Ok(parts),
+        None => Ok(AttributedBody::from_typedstream_generic(bytes)?.parts()),
+    }
+}
+
+/// The parts of `text` given its runs as (length in UTF-16 units, part index, attachment
+/// GUID): consecutive runs with the same part index (a run without one continues the previous
+/// part, or is part 0) form one part; a run boundary inside a surrogate pair moves to the next
+/// character; text past the last run joins the last part.
+pub(crate) fn parts_of<'r>(text: &str, runs: impl Iterator<Item = (usize, Option<u32>, Option<&'r str>)>) -> Vec<Part> {
+    let mut cursor = Utf16Cursor::new(text);
+    let mut parts: Vec<Part> = Vec::new();
+    let mut pos16 = 0usize;
+    for (len_utf16, part_index, guid) in runs {
+        let start = cursor.byte_at(pos16);
+        pos16 = pos16.saturating_add(len_utf16);
+        let end = cursor.byte_at(pos16);
+        let piece = &text[start..end.max(start)];
+        let index = part_index.or_else(|| parts.last().map(|p| p.index)).unwrap_or(0);
+        match parts.last_mut() {
+            Some(last) if last.index == index => {
+                last.text.push_str(piece);
+                if last.attachment_guid.is_none() {
+                    last.attachment_guid = guid.map(str::to_owned);
                 }
-                _ => parts.push(Part {
-                    index,
-                    text: text.to_owned(),
-                    attachment_guid: run.file_transfer_guid().map(str::to_owned),
-                }),
             }
+            _ => parts.push(Part {
+                index,
+                text: piece.to_owned(),
+                attachment_guid: guid.map(str::to_owned),
+            }),
         }
-        let covered = byte_at(pos16);
-        if covered < self.text.len() {
-            let rest = &self.text[covered..];
-            match parts.last_mut() {
-                Some(last) => last.text.push_str(rest),
-                None => parts.push(Part {
-                    index: 0,
-                    text: rest.to_owned(),
-                    attachment_guid: None,
-                }),
-            }
+    }
+    let covered = cursor.byte_at(pos16);
+    if covered < text.len() {
+        let rest = &text[covered..];
+        match parts.last_mut() {
+            Some(last) => last.text.push_str(rest),
+            None => parts.push(Part {
+                index: 0,
+                text: rest.to_owned(),
+                attachment_guid: None,
+            }),
         }
-        parts
+    }
+    parts
+}
+
+/// Maps non-decreasing UTF-16 positions to byte offsets, walking the text once.
+struct Utf16Cursor<'t> {
+    bytes: &'t [u8],
+    /// Byte offset of the character boundary reached.
+    byte: usize,
+    /// Its UTF-16 position.
+    pos16: usize,
+}
+
+impl<'t> Utf16Cursor<'t> {
+    fn new(text: &'t str) -> Self {
+        Utf16Cursor {
+            bytes: text.as_bytes(),
+            byte: 0,
+            pos16: 0,
+        }
+    }
+
+    /// The byte offset of the first character boundary at UTF-16 position `pos16` or after
+    /// (the text's end when `pos16` is past it). Positions must not decrease between calls.
+    fn byte_at(&mut self, pos16: usize) -> usize {
+        while self.pos16 < pos16 && self.byte < self.bytes.len() {
+            // The text is UTF-8: the leading byte gives the character's length.
+            let (len8, len16) = match self.bytes[self.byte] {
+                0x00..=0x7f => (1, 1),
+                0x80..=0xdf => (2, 1),
+                0xe0..=0xef => (3, 1),
+                _ => (4, 2),
+            };
+            self.byte += len8;
+            self.pos16 += len16;
+        }
+        self.byte.min(self.bytes.len())
     }
 }
 
 /// UTF-16 length of a string (how `NSString` counts).
 pub fn utf16_len(s: &str) -> usize {
     s.chars().map(char::len_utf16).sum()
-}
-
-/// For each UTF-16 position 0..=len, the byte offset when it is a char boundary.
-fn utf16_to_byte_offsets(s: &str) -> Vec<Option<usize>> {
-    let mut out = Vec::with_capacity(s.len() + 1);
-    for (byte, ch) in s.char_indices() {
-        out.push(Some(byte));
-        if ch.len_utf16() == 2 {
-            out.push(None);
-        }
-    }
-    out.push(Some(s.len()));
-    out
-}
-
-fn nsstring_text(decoded: &Decoded, obj: &Object) -> Option<Result<String, DecodeError>> {
-    if !obj.is_a("NSString") {
-        return None;
-    }
-    obj.groups.iter().flatten().find_map(|v| match v {
-        Value::Bytes(b) => Some(String::from_utf8(b.clone()).map_err(|e| DecodeError::InvalidUtf8(e.to_string()))),
-        Value::Object(_) => {
-            let inner = decoded.object(v)?;
-            nsstring_text(decoded, inner)
-        }
-        _ => None,
-    })
 }
 
 fn attr_value(decoded: &Decoded, value: &Value) -> Option<AttrValue> {

@@ -25,8 +25,10 @@
 pub mod attributed;
 pub mod decode;
 pub mod encode;
+pub mod fast;
+mod graph_text;
 
-pub use attributed::{AttrValue, AttributedBody, Part, Run};
+pub use attributed::{AttrValue, AttributedBody, Part, Run, parts_from_typedstream};
 pub use decode::{DecodeError, Decoded, Object, Value};
 
 /// The stream version Messages writes.
@@ -60,6 +62,8 @@ pub const WRITING_DIRECTION_ATTRIBUTE: &str = "__kIMBaseWritingDirectionAttribut
 /// The object replacement character that marks an attachment's place in the text.
 pub const OBJECT_REPLACEMENT: char = '\u{FFFC}';
 
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod tests;
 
