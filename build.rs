@@ -18,10 +18,15 @@ fn main() {
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     let target = env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu");
     let wanted = env::var("CAPTUREFLEET_CODE_LAYOUT").map_or(true, |v| v != "off");
-    let Ok(dir) = env::var("CARGO_MANIFEST_DIR") else { return };
+    let Ok(dir) = env::var("CARGO_MANIFEST_DIR") else {
+        return;
+    };
     let order = Path::new(&dir).join(ORDER);
     if release && target && wanted && order.is_file() {
-        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", order.display());
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
 }
