@@ -81,9 +81,15 @@ impl Attachment {
     /// giving it its final name.
     pub fn write_new(&self, dest: &Path) -> io::Result<File> {
         let out = OpenOptions::new().write(true).create_new(true).open(dest)?;
+        self.write_into(&out)?;
+        Ok(out)
+    }
+
+    /// Write the content into `out` (new and empty) from its start, without syncing.
+    pub fn write_into(&self, out: &File) -> io::Result<()> {
         let mut copied = 0u64;
         while copied < self.len {
-            let n = copy_range(&self.file, self.offset + copied, &out, copied, self.len - copied)?;
+            let n = copy_range(&self.file, self.offset + copied, out, copied, self.len - copied)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -92,7 +98,7 @@ impl Attachment {
             }
             copied += n;
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -3,11 +3,11 @@
 //! make all of it durable before returning.
 //!
 //! Durability per batch (see `sinks::files`): with a few new attachment files, each is
-//! written under a temporary name, fsync'd and renamed, and the segments and directories
-//! touched are fsync'd — as many flushes as files. With more than [`PER_FILE_MAX`], the files
-//! are written under temporary names, one `syncfs` makes them durable, they are renamed, the
-//! lines are appended, and a second `syncfs` makes the renames, the lines and any new
-//! directory or segment durable: two flushes whatever the batch holds.
+//! written unnamed, fsync'd and named, and the segments and directories touched are fsync'd —
+//! as many flushes as files. With more than [`PER_FILE_MAX`], the files are written unnamed,
+//! one `syncfs` makes them durable, they are named, the lines are appended, and a second
+//! `syncfs` makes the names, the lines and any new directory or segment durable: two flushes
+//! for up to 256 files (`sinks::files`), whatever the batch holds.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
@@ -141,26 +141,33 @@ pub fn write_batch(
     }
     let per_batch = wanted.len() > PER_FILE_MAX;
     let mut dirs_to_sync: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut placer = BatchPlacer::default();
+    let mut placer = BatchPlacer::new(root);
     for (dest, content) in &wanted {
-        let dir = dest.parent().expect("attachment path has a parent");
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-            let attachments = dir.parent().expect("attachments dir");
-            dirs_to_sync.insert(attachments.to_path_buf());
-            dirs_to_sync.insert(attachments.parent().expect("device dir").to_path_buf());
+        let mut place = || -> std::io::Result<bool> {
+            if per_batch {
+                placer.write(content, dest).map(|()| false)
+            } else {
+                place_durably(content, dest)
+            }
+        };
+        let placed = match place() {
+            // The first file under this prefix: create its directory (no stat per file).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = dest.parent().expect("attachment path has a parent");
+                fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+                let attachments = dir.parent().expect("attachments dir");
+                dirs_to_sync.insert(attachments.to_path_buf());
+                dirs_to_sync.insert(attachments.parent().expect("device dir").to_path_buf());
+                place()
+            }
+            other => other,
         }
-        if per_batch {
-            placer
-                .write(content, dest)
-                .map_err(io_err("store attachment at", dest))?;
-        } else if place_durably(content, dest).map_err(io_err("store attachment at", dest))? {
-            dirs_to_sync.insert(dir.to_path_buf());
+        .map_err(io_err("store attachment at", dest))?;
+        if placed {
+            dirs_to_sync.insert(dest.parent().expect("attachment path has a parent").to_path_buf());
         }
     }
-    if per_batch {
-        placer.commit(root).map_err(io_err("store attachments under", root))?;
-    }
+    placer.commit().map_err(io_err("store attachments under", root))?;
 
     // 3. The lines: contiguous runs per segment file, one write each.
     let mut touched: Vec<String> = Vec::new();
