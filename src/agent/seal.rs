@@ -44,7 +44,7 @@ impl Sealer {
         // unsealed one with the member spliced in (pinned by a test against the slow path).
         const NEXT: &[u8] = b",\"idempotency_key\":";
         let at = memchr::memmem::find(&self.unsealed, NEXT).expect("every record has an idempotency_key");
-        let hex = hex::encode(hash);
+        let hex = crate::api::record::sha256_hex(&hash);
         let unsealed = std::str::from_utf8(&self.unsealed).expect("serde_json writes UTF-8");
         self.sealed.clear();
         self.sealed.push_str(&unsealed[..at]);

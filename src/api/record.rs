@@ -436,7 +436,7 @@ impl ArchiveRecord {
     pub fn compute_hash(&self) -> String {
         let mut unsealed = self.clone();
         unsealed.hash.clear();
-        hex::encode(Sha256::digest(unsealed.to_canonical_json().as_bytes()))
+        sha256_hex(&Sha256::digest(unsealed.to_canonical_json().as_bytes()).into())
     }
 
     /// Put the record into a chain after the record `prev_hash` at position `seq`, and set
@@ -462,12 +462,20 @@ impl ArchiveRecord {
     }
 }
 
-/// Builds the idempotency key `device/guid/revision`.
 /// Whether `s` is a SHA-256 as records carry it: 64 lowercase hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A SHA-256 as records carry it (64 lowercase hex digits). `hex::encode` collects an
+/// iterator of chars; this runs for every record sealed and delivered.
+pub fn sha256_hex(hash: &[u8; 32]) -> String {
+    let mut out = vec![0u8; 64];
+    hex::encode_to_slice(hash, &mut out).expect("64 hex digits for 32 bytes");
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Builds the idempotency key `device/guid/revision`.
 pub fn idempotency_key(device: &str, guid: &str, revision: &str) -> String {
     let mut key = String::with_capacity(device.len() + guid.len() + revision.len() + 2);
     key.push_str(device);
@@ -513,6 +521,19 @@ pub fn conversation_id(chat_guid: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_hex_is_lowercase_hex_of_every_byte() {
+        let mut hash = [0u8; 32];
+        for (i, b) in hash.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37).wrapping_add(0xa5);
+        }
+        for h in [[0u8; 32], [0xff; 32], hash] {
+            let text = sha256_hex(&h);
+            assert_eq!(text, hex::encode(h));
+            assert!(is_sha256_hex(&text), "{text}");
+        }
+    }
 
     fn sample() -> ArchiveRecord {
         ArchiveRecord {

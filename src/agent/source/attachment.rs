@@ -227,7 +227,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
             hasher.update(&buf[..n]);
         }
     })?;
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok((crate::api::record::sha256_hex(&hasher.finalize().into()), size))
 }
 
 /// Builds the record metadata for an attachment, hashing the file when the policy includes

@@ -343,7 +343,7 @@ fn decode_record(payload: &[u8]) -> Option<RecordFrame<'_>> {
 
 /// Lowercase hex of a hash.
 pub fn to_hex(hash: &[u8; 32]) -> String {
-    hex::encode(hash)
+    crate::api::record::sha256_hex(hash)
 }
 
 /// A lowercase hex SHA-256 as bytes (None when it is not one).
