@@ -50,6 +50,10 @@ struct Position {
     blobs: HashMap<[u8; 32], (u64, u64)>,
 }
 
+/// Room beyond a batch's byte limit for the record that crosses it (larger ones grow the
+/// buffer).
+const BATCH_TEXT_SLACK: usize = 64 << 10;
+
 /// A reader of the spool (one per delivery task).
 pub struct SpoolReader {
     shared: Arc<Shared>,
@@ -134,8 +138,20 @@ impl SpoolReader {
             }
             _ => self.seek(&view, after)?,
         };
-        // The batch's lines, back to back in one buffer the records share.
-        let mut text = String::with_capacity(max_bytes.min(256 << 10));
+        // The batch's lines, back to back in one buffer the records share. Sized once: for a
+        // full batch (which stops at the first record past `max_bytes`), or for what the log
+        // holds past the position when that is less (live capture). Grown by doubling, a
+        // 2 MiB batch held a 4 MiB buffer and, while growing, two copies of it.
+        let unread = view
+            .segments
+            .iter()
+            .find(|s| s.first_seq == at.segment_first_seq)
+            .map_or(0, |s| {
+                let pos = (s.first_pos + at.offset).saturating_sub(segment::HEADER_LEN);
+                view.end_pos.saturating_sub(pos)
+            });
+        let full = max_bytes.saturating_add(BATCH_TEXT_SLACK);
+        let mut text = String::with_capacity(usize::try_from(unread).map_or(full, |u| u.min(full)));
         let mut read: Vec<(u64, std::ops::Range<usize>, RecordMeta)> = Vec::new();
         'segments: loop {
             let index = view
