@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use support::{TestNamespace, apply_yaml, client, eventually, install_crds};
+use support::{TestNamespace, apply_yaml, client, eventually, install_crds, wait_crd_established};
 
 use capturefleet::api::{CaptureDevice, DevicePhase, DevicePool};
 
@@ -682,18 +682,13 @@ async fn rendered_manifests_pass_server_side_dry_run() {
         ],
         None,
     );
-    must(
-        &tools::cluster_bin("kubectl"),
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/podmonitors.monitoring.coreos.com",
-            "crd/prometheusrules.monitoring.coreos.com",
-        ],
-        None,
-    );
+    for name in [
+        "servicemonitors.monitoring.coreos.com",
+        "podmonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ] {
+        wait_crd_established(&client, name).await;
+    }
     let sys = TestNamespace::new(&client, "chart-dry").await;
     let tenant = TestNamespace::new(&client, "chart-dry-tenant").await;
     let mut cases: Vec<(Vec<&str>, Vec<String>)> = vec![(vec![], vec![])];

@@ -96,7 +96,6 @@ where
 pub async fn install_crds(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Patch, PatchParams};
-    use kube::runtime::wait::{await_condition, conditions};
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in capturefleet::api::crdgen::all() {
         let name = crd.metadata.name.clone().unwrap();
@@ -107,12 +106,22 @@ pub async fn install_crds(client: &Client) {
         )
         .await
         .unwrap();
-        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
-        tokio::time::timeout(Duration::from_secs(30), established)
-            .await
-            .unwrap_or_else(|_| panic!("CRD {name} did not become Established"))
-            .unwrap();
+        wait_crd_established(client, &name).await;
     }
+}
+
+/// Wait (up to 60 s) until the CRD `name` is Established. Unlike `kubectl wait
+/// --for=condition=Established`, this does not fail on a CRD whose status has no conditions
+/// yet (just created).
+pub async fn wait_crd_established(client: &Client, name: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::runtime::wait::{await_condition, conditions};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let established = await_condition(crds, name, conditions::is_crd_established());
+    tokio::time::timeout(Duration::from_secs(60), established)
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} did not become Established"))
+        .unwrap();
 }
 
 /// Server-side apply every document of a YAML text into `namespace`.
