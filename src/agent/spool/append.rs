@@ -178,22 +178,7 @@ impl Spool {
                 .filter_map(|a| frame::from_hex(a.sha256.as_deref()?))
                 .filter(|sha| self.active.blobs.contains(sha) || staged.new_blobs.contains(sha))
                 .collect();
-            frame::encode_record(
-                frames,
-                &RecordFrame {
-                    seq,
-                    event_ns: record.event_time_apple_ns,
-                    kind: record.kind,
-                    table: SourceTable::of(&record.source.table),
-                    rowid: record.source.rowid,
-                    hash,
-                    prev_hash,
-                    key: &record.idempotency_key,
-                    guid: &record.source.guid,
-                    files,
-                    json,
-                },
-            );
+            frame::encode_record(frames, &RecordFrame::of(record, seq, hash, prev_hash, files, json));
             prev_hash = hash;
             head_pos = self.active.first_pos + staged.file_len + frames.len() as u64 - segment::HEADER_LEN;
             head = ChainHead {

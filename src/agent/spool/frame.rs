@@ -17,7 +17,7 @@
 //!
 //! Encoding and decoding are pure; the files are handled by `segment.rs`.
 
-use crate::api::record::RecordKind;
+use crate::api::record::{ArchiveRecord, RecordKind};
 
 /// Bytes of a frame around its payload: length, type, CRC.
 pub const OVERHEAD: usize = 4 + 1 + 4;
@@ -123,6 +123,33 @@ pub struct RecordFrame<'a> {
     pub files: Vec<[u8; 32]>,
     /// The canonical JSON, exactly as sinks store it.
     pub json: &'a str,
+}
+
+impl<'a> RecordFrame<'a> {
+    /// The frame of `record`, sealed at `seq` with `hash` after `prev_hash` into `json`; `files`
+    /// are the attachment files of it the spool holds.
+    pub fn of(
+        record: &'a ArchiveRecord,
+        seq: u64,
+        hash: [u8; 32],
+        prev_hash: [u8; 32],
+        files: Vec<[u8; 32]>,
+        json: &'a str,
+    ) -> Self {
+        RecordFrame {
+            seq,
+            event_ns: record.event_time_apple_ns,
+            kind: record.kind,
+            table: SourceTable::of(&record.source.table),
+            rowid: record.source.rowid,
+            hash,
+            prev_hash,
+            key: &record.idempotency_key,
+            guid: &record.source.guid,
+            files,
+            json,
+        }
+    }
 }
 
 /// A decoded frame.

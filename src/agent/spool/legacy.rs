@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::checkpoint::{Checkpoint, LiveGuid};
 use super::cursors::{Cursor, Cursors};
-use super::frame::{self, RecordFrame, SourceTable};
+use super::frame::{self, RecordFrame};
 use super::keyrun::{self, Entry, key_hash};
 use super::keys;
 use super::open::LEGACY_DB_FILE;
@@ -170,21 +170,11 @@ pub fn migrate(dir: &Path, device: &str) -> Result<Checkpoint, SpoolError> {
                 }
                 files.push(bytes);
             }
+            let hash = frame::from_hex(&record.hash).unwrap_or([0; 32]);
+            let prev_hash = frame::from_hex(&record.prev_hash).unwrap_or([0; 32]);
             frame::encode_record(
                 &mut frames,
-                &RecordFrame {
-                    seq,
-                    event_ns: record.event_time_apple_ns,
-                    kind: record.kind,
-                    table: SourceTable::of(&record.source.table),
-                    rowid: record.source.rowid,
-                    hash: frame::from_hex(&record.hash).unwrap_or([0; 32]),
-                    prev_hash: frame::from_hex(&record.prev_hash).unwrap_or([0; 32]),
-                    key: &record.idempotency_key,
-                    guid: &record.source.guid,
-                    files,
-                    json: &json,
-                },
+                &RecordFrame::of(&record, seq, hash, prev_hash, files, &json),
             );
             file.write_all_at(&frames, len).map_err(io_err(&path))?;
             len += frames.len() as u64;
