@@ -308,6 +308,10 @@ mod tests {
     use crate::agent::spool::frame::{SourceTable, encode_blob, encode_record};
     use crate::api::record::RecordKind;
 
+    fn header(first_seq: u64, first_pos: u64) -> Header {
+        Header { first_seq, first_pos }
+    }
+
     fn record(seq: u64) -> Vec<u8> {
         let mut out = Vec::new();
         encode_record(
@@ -344,43 +348,14 @@ mod tests {
     #[test]
     fn segments_list_in_order_and_scan_back_what_was_written() {
         let tmp = tempfile::tempdir().unwrap();
-        let (file, path) = create(
-            tmp.path(),
-            Header {
-                first_seq: 11,
-                first_pos: 500,
-            },
-        )
-        .unwrap();
-        create(
-            tmp.path(),
-            Header {
-                first_seq: 2,
-                first_pos: 0,
-            },
-        )
-        .unwrap();
-        assert!(
-            create(
-                tmp.path(),
-                Header {
-                    first_seq: 2,
-                    first_pos: 0
-                }
-            )
-            .is_err()
-        );
+        let (file, path) = create(tmp.path(), header(11, 500)).unwrap();
+        create(tmp.path(), header(2, 0)).unwrap();
+        assert!(create(tmp.path(), header(2, 0)).is_err());
         assert_eq!(
             list(tmp.path()).unwrap().iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             [2, 11]
         );
-        assert_eq!(
-            read_header(&file, &path).unwrap(),
-            Header {
-                first_seq: 11,
-                first_pos: 500
-            }
-        );
+        assert_eq!(read_header(&file, &path).unwrap(), header(11, 500));
         let mut bytes = record(11);
         encode_blob(&mut bytes, &[5; 32], &[7; 100]);
         bytes.extend(record(12));
@@ -394,14 +369,7 @@ mod tests {
     #[test]
     fn a_torn_or_damaged_tail_ends_the_scan_where_it_starts() {
         let tmp = tempfile::tempdir().unwrap();
-        let (file, _) = create(
-            tmp.path(),
-            Header {
-                first_seq: 1,
-                first_pos: 0,
-            },
-        )
-        .unwrap();
+        let (file, _) = create(tmp.path(), header(1, 0)).unwrap();
         let mut bytes = record(1);
         let second = HEADER_LEN + bytes.len() as u64;
         bytes.extend(record(2));
@@ -416,14 +384,7 @@ mod tests {
     #[test]
     fn a_blob_larger_than_the_buffer_is_checked_by_streaming() {
         let tmp = tempfile::tempdir().unwrap();
-        let (file, _) = create(
-            tmp.path(),
-            Header {
-                first_seq: 1,
-                first_pos: 0,
-            },
-        )
-        .unwrap();
+        let (file, _) = create(tmp.path(), header(1, 0)).unwrap();
         let content: Vec<u8> = (0..(WHOLE_FRAME_MAX + 1000)).map(|i| (i % 251) as u8).collect();
         let mut bytes = Vec::new();
         encode_blob(&mut bytes, &[1; 32], &content);
